@@ -1,0 +1,137 @@
+"""The items resource: every route and every failure path."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+
+async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/items", json={"name": "widget", **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_create_returns_the_item(client: httpx.AsyncClient) -> None:
+    item = await create(client, description="A widget", price_cents=250)
+    assert item["id"] > 0
+    assert item["name"] == "widget"
+    assert item["description"] == "A widget"
+    assert item["price_cents"] == 250
+    created = datetime.fromisoformat(item["created_at"])
+    assert created.tzinfo is not None
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 60
+
+
+async def test_get_returns_what_was_created(client: httpx.AsyncClient) -> None:
+    item = await create(client)
+    response = await client.get(f"/items/{item['id']}")
+    assert response.status_code == 200
+    assert response.json() == item
+
+
+async def test_get_missing_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/items/999999")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "item 999999 not found"}
+
+
+async def test_duplicate_name_is_409_and_keeps_the_first(client: httpx.AsyncClient) -> None:
+    first = await create(client, price_cents=1)
+    response = await client.post("/items", json={"name": "widget", "price_cents": 2})
+    assert response.status_code == 409
+    assert "widget" in response.json()["detail"]
+    listing = (await client.get("/items")).json()
+    assert listing["total"] == 1
+    assert listing["items"][0] == first
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "name"),
+        ({"name": "ok", "price_cents": -1}, "price_cents"),
+        ({"name": "ok", "price_cents": "lots"}, "price_cents"),
+        ({"name": "ok", "colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_body_is_422_naming_the_field(
+    client: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/items", json=body)
+    assert response.status_code == 422
+    locations = [error["loc"] for error in response.json()["detail"]]
+    assert ["body", field] in locations
+
+
+async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/items", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+async def test_list_pages_in_id_order(client: httpx.AsyncClient) -> None:
+    ids = [(await create(client, name=f"item-{n}"))["id"] for n in range(5)]
+    page = (await client.get("/items", params={"limit": 2, "offset": 1})).json()
+    assert page["total"] == 5
+    assert (page["limit"], page["offset"]) == (2, 1)
+    assert [item["id"] for item in page["items"]] == ids[1:3]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"offset": -1}, "offset")],
+)
+async def test_list_bounds_are_enforced(
+    client: httpx.AsyncClient, params: dict[str, int], field: str
+) -> None:
+    response = await client.get("/items", params=params)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", field]
+
+
+async def test_update_changes_only_given_fields(client: httpx.AsyncClient) -> None:
+    item = await create(client, description="old", price_cents=5)
+    response = await client.patch(f"/items/{item['id']}", json={"description": "new"})
+    assert response.status_code == 200
+    updated = response.json()
+    assert updated["description"] == "new"
+    assert updated["price_cents"] == 5
+    assert updated["name"] == "widget"
+    assert updated["updated_at"] >= item["updated_at"]
+
+
+async def test_update_to_a_taken_name_is_409(client: httpx.AsyncClient) -> None:
+    await create(client, name="first")
+    second = await create(client, name="second")
+    response = await client.patch(f"/items/{second['id']}", json={"name": "first"})
+    assert response.status_code == 409
+    assert (await client.get(f"/items/{second['id']}")).json()["name"] == "second"
+
+
+async def test_update_with_null_name_is_422(client: httpx.AsyncClient) -> None:
+    item = await create(client)
+    response = await client.patch(f"/items/{item['id']}", json={"name": None})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "name"]
+
+
+async def test_update_missing_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.patch("/items/999999", json={"description": "x"})
+    assert response.status_code == 404
+
+
+async def test_delete_removes_the_item(client: httpx.AsyncClient) -> None:
+    item = await create(client)
+    response = await client.delete(f"/items/{item['id']}")
+    assert response.status_code == 204
+    assert (await client.get(f"/items/{item['id']}")).status_code == 404
+
+
+async def test_delete_missing_is_404(client: httpx.AsyncClient) -> None:
+    assert (await client.delete("/items/999999")).status_code == 404
