@@ -44,7 +44,7 @@ def scratch_url(base: str, suffix: str, tmp_dir: Path) -> URL:
 
 async def _admin(url: URL, statement: str) -> None:
     """Run a CREATE/DROP DATABASE for ``url``'s database on its server."""
-    admin_db = "postgres" if url.get_backend_name() == "postgresql" else None
+    admin_db = "postgres" if url.get_backend_name() == "postgresql" else "mysql"
     engine = create_async_engine(
         url.set(database=admin_db), isolation_level="AUTOCOMMIT", poolclass=NullPool
     )
