@@ -1,0 +1,35 @@
+"""Shared fixtures of the template's tests, and a summary of per-combination timings."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import Timings
+
+
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache per worker: third-party stubs are analysed once, not per project."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+@pytest.fixture
+def timings(record_property: Callable[[str, object], None]) -> Iterator[Timings]:
+    recorded = Timings()
+    yield recorded
+    record_property("timings", recorded.steps)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = []
+    for report in terminalreporter.stats.get("passed", []):
+        props = dict(report.user_properties)
+        if "timings" in props and report.when == "call":
+            rows.append((report.nodeid.split("::")[-1], props["timings"]))
+    if not rows:
+        return
+    terminalreporter.section("seconds per step of each rendered project")
+    for name, steps in sorted(rows):
+        parts = ", ".join(f"{step} {seconds:.1f}" for step, seconds in steps.items())
+        terminalreporter.write_line(f"{name}: {parts}")

@@ -1,0 +1,93 @@
+"""Every database x feature combination: render, files, answers, lint, types, own suite.
+
+Each combination is one test (one progress line). The rendered suite runs against the
+real local server of its backend (PostgreSQL, MariaDB), never a mock.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    ALL_COMBOS,
+    COMMON_FILES,
+    DRIVERS,
+    FEATURE_FILES,
+    FEATURE_TRACES,
+    FEATURES,
+    LEFTOVER_JINJA,
+    Combo,
+    Timings,
+    answers,
+    lint,
+    passed_count,
+    render,
+    rendered_files,
+    require_server,
+    run_suite,
+    sync,
+)
+
+PKG = "my_service"
+
+
+def check_files(project: Path, combo: Combo) -> None:
+    expected = set(COMMON_FILES)
+    absent: set[str] = set()
+    for feature, files in FEATURE_FILES.items():
+        (expected if feature in combo.features else absent).update(files)
+    for name in sorted(expected):
+        assert (project / name.format(pkg=PKG)).is_file(), f"missing {name}"
+    for name in sorted(absent):
+        assert not (project / name.format(pkg=PKG)).exists(), f"{name} rendered though off"
+
+
+def check_no_traces(project: Path, combo: Combo) -> None:
+    """A feature that is off leaves no word of itself; other backends' drivers neither."""
+    banned = [word for f in FEATURES if f not in combo.features for word in FEATURE_TRACES[f]]
+    banned += [driver for db, driver in DRIVERS.items() if db != combo.database]
+    for path in rendered_files(project):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(project)
+        assert not LEFTOVER_JINJA.search(text), f"leftover Jinja in {rel}"
+        if path.suffix == ".lock":
+            continue
+        lowered = text.lower()
+        for word in banned:
+            assert word.lower() not in lowered, f"{word!r} left in {rel}"
+    assert DRIVERS[combo.database] in (project / "pyproject.toml").read_text()
+
+
+def check_answers(project: Path, combo: Combo) -> None:
+    recorded = answers(project)
+    for key, value in combo.data().items():
+        assert recorded[key] == value, key
+    assert recorded["_src_path"]
+    assert "secret_key" not in recorded
+    env = (project / ".env").read_text()
+    assert "MY_SERVICE_SECRET_KEY=" in env
+    secret = env.split("MY_SERVICE_SECRET_KEY=")[1].split()[0]
+    assert len(secret) >= 32
+    for path in rendered_files(project):
+        if path.name != ".env":
+            assert secret not in path.read_text(encoding="utf-8"), f"secret leaked to {path}"
+
+
+@pytest.mark.parametrize("combo", ALL_COMBOS, ids=lambda c: c.id)
+def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Timings) -> None:
+    if combo.database != "sqlite":
+        require_server(combo.database)
+    started = time.perf_counter()
+    project = render(tmp_path / "project", combo.data())
+    timings.add("render", time.perf_counter() - started)
+    check_files(project, combo)
+    check_no_traces(project, combo)
+    check_answers(project, combo)
+
+    sync(project, combo.python, timings)
+    lint(project, mypy_cache, timings)
+    result = run_suite(project, timings)
+    assert passed_count(result) > 0
+    assert " failed" not in result.stdout
+    assert " skipped" not in result.stdout
