@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -104,11 +105,17 @@ class Combo:
         feats = "+".join(self.features) or "no-features"
         return f"{self.database}-{feats}" + ("" if self.python == "3.13" else f"-py{self.python}")
 
+    @property
+    def package(self) -> str:
+        """A package name of its own, so databases on a shared server can be told apart."""
+        return "svc_" + hashlib.sha1(self.id.encode()).hexdigest()[:8]
+
     def data(self) -> dict[str, Any]:
         return {
             "database": self.database,
             "features": list(self.features),
             "python_version": self.python,
+            "package_name": self.package,
         }
 
 
@@ -198,8 +205,9 @@ def run(
     step: str = "",
     env: Mapping[str, str] | None = None,
     timeout: float = 900,
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure, fail the test with its output."""
+    """Run a command; on failure (unless ``check`` is off) fail the test with its output."""
     args = [str(c) for c in cmd]
     started = time.perf_counter()
     result = subprocess.run(
@@ -213,7 +221,7 @@ def run(
     )
     if timings is not None:
         timings.add(step or args[0], time.perf_counter() - started)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         pytest.fail(
             f"`{' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n"
             f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}",
@@ -257,6 +265,37 @@ def run_suite(
         timings=timings,
         step="suite",
     )
+
+
+LIST_DATABASES = """
+import asyncio, sys
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+async def main() -> None:
+    url, query = sys.argv[1], sys.argv[2]
+    engine = create_async_engine(url)
+    async with engine.connect() as connection:
+        for (name,) in await connection.execute(text(query)):
+            print(name)
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+SERVER_ADMIN = {
+    "postgresql": (
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+        "SELECT datname FROM pg_database",
+    ),
+    "mysql": ("mysql+aiomysql://root@127.0.0.1:3306/mysql", "SHOW DATABASES"),
+}
+
+
+def server_databases(project: Path, database: str, prefix: str) -> list[str]:
+    """Databases on the local server whose name starts with ``prefix`` (via the project's venv)."""
+    url, query = SERVER_ADMIN[database]
+    result = run(uv("run", "--no-sync", "python", "-c", LIST_DATABASES, url, query), project)
+    return sorted(name for name in result.stdout.split() if name.startswith(prefix))
 
 
 def passed_count(result: subprocess.CompletedProcess[str]) -> int:

@@ -25,12 +25,12 @@ from .harness import (
     render,
     rendered_files,
     require_server,
+    run,
     run_suite,
+    server_databases,
     sync,
+    uv,
 )
-
-PKG = "my_service"
-
 
 def check_files(project: Path, combo: Combo) -> None:
     expected = set(COMMON_FILES)
@@ -38,9 +38,9 @@ def check_files(project: Path, combo: Combo) -> None:
     for feature, files in FEATURE_FILES.items():
         (expected if feature in combo.features else absent).update(files)
     for name in sorted(expected):
-        assert (project / name.format(pkg=PKG)).is_file(), f"missing {name}"
+        assert (project / name.format(pkg=combo.package)).is_file(), f"missing {name}"
     for name in sorted(absent):
-        assert not (project / name.format(pkg=PKG)).exists(), f"{name} rendered though off"
+        assert not (project / name.format(pkg=combo.package)).exists(), f"{name} rendered though off"
 
 
 def check_no_traces(project: Path, combo: Combo) -> None:
@@ -66,8 +66,9 @@ def check_answers(project: Path, combo: Combo) -> None:
     assert recorded["_src_path"]
     assert "secret_key" not in recorded
     env = (project / ".env").read_text()
-    assert "MY_SERVICE_SECRET_KEY=" in env
-    secret = env.split("MY_SERVICE_SECRET_KEY=")[1].split()[0]
+    key = f"{combo.package.upper()}_SECRET_KEY="
+    assert key in env
+    secret = env.split(key)[1].split()[0]
     assert len(secret) >= 32
     for path in rendered_files(project):
         if path.name != ".env":
@@ -91,3 +92,33 @@ def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Ti
     assert passed_count(result) > 0
     assert " failed" not in result.stdout
     assert " skipped" not in result.stdout
+    if combo.database != "sqlite":
+        # The suite made and dropped its own database: nothing is left on the server,
+        # and the application's own database was never touched.
+        assert server_databases(project, combo.database, combo.package) == []
+
+
+@pytest.mark.parametrize("database", ["postgresql", "mysql"])
+def test_server_suite_in_parallel_and_after_a_failure(
+    database: str, tmp_path: Path, timings: Timings
+) -> None:
+    """``pytest -n 2`` gets one database per worker; a failed run still drops them all."""
+    require_server(database)
+    combo = Combo(database, FEATURES)
+    project = render(tmp_path / "project", combo.data())
+    sync(project, combo.python, timings)
+    result = run_suite(project, timings, "-n", "2")
+    assert passed_count(result) > 0
+    assert server_databases(project, database, combo.package) == []
+
+    (project / "tests" / "test_zz_failing.py").write_text(
+        "def test_fails() -> None:\n    raise AssertionError('deliberate')\n"
+    )
+    failed = run(
+        uv("run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"),
+        project,
+        check=False,
+    )
+    assert failed.returncode == 1, failed.stdout[-3000:]
+    assert "1 failed" in failed.stdout
+    assert server_databases(project, database, combo.package) == []

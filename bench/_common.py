@@ -1,0 +1,398 @@
+"""Shared helpers for the template's benchmarks: render, databases, serve, load with wrk.
+
+Runs with the template's dev environment (copier, uv). Code that must run inside a rendered
+project (drivers) lives in ``_dbtool.py`` and ``raw_app.py`` and is started with the rendered
+project's own Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import copier
+import yaml
+from copier.errors import DirtyLocalWarning
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent  # the template's dev environment: uv, copier
+UV = BIN / "uv"
+DBTOOL = BENCH / "_dbtool.py"
+PYENV_VERSIONS = "3.11.7:3.12.1:3.13.0"
+HOST = "127.0.0.1"
+# Server URLs without a database; a benchmark's own database is created under them.
+ADMIN_URLS = {
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/",
+    "mysql": "mysql+aiomysql://root@127.0.0.1:3306/",
+}
+RENDER_TIMEOUT = 120.0
+SYNC_TIMEOUT = 600.0
+DB_TIMEOUT = 180.0
+STOP_GRACE = 10.0
+
+
+class BenchError(RuntimeError):
+    """A step of a benchmark failed; the message says which and shows its output."""
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for uv and rendered projects: pyenv Pythons, no downloads."""
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)  # the dev venv is not the rendered project's
+    env.setdefault("PYENV_VERSION", PYENV_VERSIONS)
+    env["UV_PYTHON_DOWNLOADS"] = "never"
+    env.update(extra or {})
+    return env
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    timeout: float,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run ``cmd`` to completion within ``timeout`` seconds; return stdout, raise on failure."""
+    argv = [str(part) for part in cmd]
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timed out after {timeout:.0f}s: {' '.join(argv)}") from None
+    if done.returncode != 0:
+        output = _tail(done.stdout + "\n" + done.stderr)
+        raise BenchError(f"exit {done.returncode}: {' '.join(argv)}\n{output}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Bound in-process work (main thread only) with SIGALRM."""
+
+    def _expired(_signum: int, _frame: FrameType | None) -> None:
+        raise BenchError(f"{what}: timed out after {seconds:.0f}s")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so every ``finally`` cleans up as on Ctrl-C."""
+
+    def _raise(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Project:
+    """A rendered project with its own virtual environment."""
+
+    path: Path
+    answers: Mapping[str, Any]
+
+    @property
+    def package(self) -> str:
+        return str(self.answers["package_name"])
+
+    @property
+    def env_prefix(self) -> str:
+        return f"{self.package.upper()}_"
+
+    @property
+    def python(self) -> Path:
+        return self.path / ".venv" / "bin" / "python"
+
+    def env(self, settings: Mapping[str, str]) -> dict[str, str]:
+        """``tool_env`` plus ``settings`` given without the project's env prefix."""
+        return tool_env({f"{self.env_prefix}{key}": value for key, value in settings.items()})
+
+
+_dirty_noted = False
+
+
+def render(data: Mapping[str, Any], dst: Path) -> Project:
+    """Render the template at HEAD into ``dst`` (answers not in ``data`` take defaults)."""
+    global _dirty_noted  # say it once per run
+    with warnings.catch_warnings(record=True) as caught, time_limit(RENDER_TIMEOUT, "copier"):
+        warnings.simplefilter("always", DirtyLocalWarning)
+        copier.run_copy(str(ROOT), dst, data=dict(data), defaults=True, vcs_ref="HEAD", quiet=True)
+    if not _dirty_noted and any(issubclass(w.category, DirtyLocalWarning) for w in caught):
+        _dirty_noted = True
+        print(f"note: {ROOT} has uncommitted changes; copier rendered them too", flush=True)
+    answers = yaml.safe_load((dst / ".copier-answers.yml").read_text())
+    return Project(path=dst, answers=answers)
+
+
+def sync(project: Project, python: str = "3.13") -> None:
+    """``uv sync`` the project; make sure uvicorn's fast loop and parser are there."""
+    run([UV, "sync", "--python", python], cwd=project.path, env=tool_env(), timeout=SYNC_TIMEOUT)
+    probe = "import uvloop, httptools"
+    try:
+        run([project.python, "-c", probe], timeout=60)
+    except BenchError:
+        print("note: uvloop/httptools missing from the project; installing them", flush=True)
+        packages = ["uvloop", "httptools"]
+        cmd = [UV, "pip", "install", "--python", project.python, *packages]
+        run(cmd, env=tool_env(), timeout=SYNC_TIMEOUT)
+
+
+@contextlib.contextmanager
+def rendered_project(data: Mapping[str, Any], prefix: str = "bench-") -> Iterator[Project]:
+    """Render and sync into a temporary directory, removed on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        project = render(data, Path(tmp) / "project")
+        sync(project)
+        yield project
+
+
+def alembic_upgrade(project: Project, database_url: str) -> None:
+    env = project.env({"DATABASE_URL": database_url})
+    cmd = [UV, "run", "--python", "3.13", "alembic", "upgrade", "heads"]
+    run(cmd, cwd=project.path, env=env, timeout=DB_TIMEOUT)
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+def dbtool(project: Project, *args: str) -> str:
+    """Run ``_dbtool.py`` with the project's Python (it has the backend's driver)."""
+    return run([project.python, DBTOOL, *args], env=tool_env(), timeout=DB_TIMEOUT)
+
+
+@contextlib.contextmanager
+def temp_database(project: Project, workdir: Path, name: str) -> Iterator[str]:
+    """A fresh, empty database for the project's backend; yields its URL, drops it on exit.
+
+    SQLite: a file in ``workdir``. PostgreSQL/MySQL: ``name`` on the local server, dropped
+    first if a previous run left it behind.
+    """
+    backend = str(project.answers["database"])
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{(workdir / f'{name}.db').resolve()}"
+        return
+    url = ADMIN_URLS[backend] + name
+    dbtool(project, "create", url)
+    try:
+        yield url
+    finally:
+        try:
+            dbtool(project, "drop", url)
+        except BenchError as exc:
+            print(f"warning: could not drop {url}: {exc}", file=sys.stderr, flush=True)
+
+
+def seed_items(project: Project, database_url: str, rows: int) -> str:
+    """Insert ``rows`` items with the raw driver; returns the tool's one-line summary."""
+    return dbtool(project, "seed", database_url, str(rows)).strip()
+
+
+# --- serving --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET ``url``; returns (status, body), error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it has not exited in time."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group (workers)
+    process.wait(timeout=STOP_GRACE)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"server exited ({process.returncode}):\n{_tail(log.read_text())}")
+        try:
+            status, body = http_get(url, timeout=2.0)
+        except (OSError, urllib.error.URLError) as exc:
+            last = repr(exc)
+        else:
+            if status == 200:
+                return
+            last = f"{status} {body[:200]!r}"
+        time.sleep(0.2)
+    raise BenchError(f"{url} not ready after {timeout:.0f}s ({last}):\n{_tail(log.read_text())}")
+
+
+@contextlib.contextmanager
+def serve(
+    cmd: Sequence[str | Path],
+    env: Mapping[str, str],
+    port: int,
+    *,
+    cwd: Path | None = None,
+    ready_path: str = "/health/ready",
+    timeout: float = 60.0,
+) -> Iterator[str]:
+    """Start a server, wait until ``ready_path`` answers 200, yield its base URL, stop it.
+
+    The server runs in its own process group, so stopping it stops its workers too; its
+    output goes to a temporary log, shown when it fails to start.
+    """
+    base = f"http://{HOST}:{port}"
+    with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log") as log:
+        process = subprocess.Popen(
+            [str(part) for part in cmd],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(process, base + ready_path, timeout, Path(log.name))
+            yield base
+        finally:
+            _stop(process)
+
+
+# --- load -----------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """The figures of one wrk run."""
+
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    socket_errors: int
+    non_2xx_3xx: int
+    output: str
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx_3xx
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installs the Debian package when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("note: wrk not found; running apt-get update && apt-get install -y wrk", flush=True)
+    run(["apt-get", "update"], timeout=600)
+    run(
+        ["apt-get", "install", "-y", "wrk"],
+        timeout=600,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+    found = shutil.which("wrk")
+    if not found:
+        raise BenchError("wrk is still missing after apt-get install")
+    return found
+
+
+def _latency_ms(output: str, percentile: int) -> float:
+    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+    if not match:
+        raise BenchError(f"no {percentile}% latency in wrk output:\n{output}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Parse ``wrk --latency`` output."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if not rps or not total:
+        raise BenchError(f"unexpected wrk output:\n{output}")
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests=int(total.group(1)),
+        rps=float(rps.group(1)),
+        p50_ms=_latency_ms(output, 50),
+        p99_ms=_latency_ms(output, 99),
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+        non_2xx_3xx=int(non_2xx.group(1)) if non_2xx else 0,
+        output=output,
+    )
+
+
+def wrk(
+    url: str,
+    *,
+    duration: float = 10.0,
+    connections: int = 64,
+    threads: int = 2,
+    script: Path | None = None,
+    warmup: float = 0.0,
+    timeout: str | None = None,
+) -> WrkResult:
+    """Load ``url`` with wrk (after an unmeasured warm-up, if any) and return the figures."""
+    cmd = [ensure_wrk(), "-t", str(threads), "-c", str(connections), "--latency"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    if timeout is not None:
+        cmd += ["--timeout", timeout]
+    if warmup > 0:
+        run([*cmd, "-d", f"{warmup:g}s", url], timeout=warmup + 60)
+    output = run([*cmd, "-d", f"{duration:g}s", url], timeout=duration + 60)
+    return parse_wrk(output)

@@ -1,0 +1,242 @@
+"""``copier update`` from every earlier release to HEAD, as a user would run it.
+
+The project is rendered from an old release with non-default answers, committed, edited like
+a user would (a route, a new module and test, a dependency, README, .env), committed, then
+updated with ``run_update(..., defaults=True, overwrite=True)``.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import copier
+import pytest
+from copier.errors import UserMessageError
+
+from .harness import (
+    BIN,
+    Timings,
+    answers,
+    passed_count,
+    render,
+    rendered_files,
+    require_server,
+    run_suite,
+    sync,
+)
+from .releases import Release, git, releases, tagged_clone
+
+ANSWERS: dict[str, Any] = {
+    "project_name": "Acme Orders",
+    "description": "Orders for Acme",
+    "author_name": "Acme Team",
+    "author_email": "team@acme.test",
+    "python_version": "3.12",
+    "database": "sqlite",
+    "features": ["http_client", "uploads"],
+}
+PKG = "acme_orders"
+USER_MODULE = f'''"""A module the user added."""
+
+
+def greet(name: str) -> str:
+    return f"hello {{name}}"
+'''
+USER_TEST = f'''"""A test the user added."""
+
+from {PKG}.greetings import greet
+
+
+def test_greet() -> None:
+    assert greet("ada") == "hello ada"
+'''
+USER_FILES = ("src/acme_orders/greetings.py", "tests/test_greetings.py")
+EDITED_FILES = ("src/acme_orders/routers/items.py", "pyproject.toml", "README.md", ".env")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Release]]:
+    root = tmp_path_factory.mktemp("template") / "repo"
+    return tagged_clone(root)
+
+
+def commit_all(project: Path, message: str) -> None:
+    git("add", "-A", cwd=project)
+    git("-c", "user.name=u", "-c", "user.email=u@u", "commit", "-qm", message, cwd=project)
+
+
+def edit_like_a_user(project: Path) -> None:
+    items = project / "src/acme_orders/routers/items.py"
+    items.write_text(items.read_text().replace("MAX_PAGE_SIZE)] = 50,", "MAX_PAGE_SIZE)] = 20,"))
+    (project / USER_FILES[0]).write_text(USER_MODULE)
+    (project / USER_FILES[1]).write_text(USER_TEST)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text().replace(
+            '"uvicorn[standard]>=0.34",\n]', '"uvicorn[standard]>=0.34",\n    "humanize>=4.9",\n]', 1
+        )
+    )
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + "\n## Our notes\n\nOn call: the orders team.\n")
+    env = project / ".env"
+    env.write_text(env.read_text() + "ACME_ORDERS_LOG_LEVEL=debug\n")
+
+
+def assert_user_edits_intact(project: Path) -> None:
+    assert "MAX_PAGE_SIZE)] = 20," in (project / "src/acme_orders/routers/items.py").read_text()
+    assert (project / USER_FILES[0]).read_text() == USER_MODULE
+    assert (project / USER_FILES[1]).read_text() == USER_TEST
+    assert '"humanize>=4.9",' in (project / "pyproject.toml").read_text()
+    assert "On call: the orders team." in (project / "README.md").read_text()
+    assert "ACME_ORDERS_LOG_LEVEL=debug" in (project / ".env").read_text()
+
+
+def assert_clean_merge(project: Path) -> None:
+    for path in rendered_files(project):
+        assert path.suffix != ".rej", f"rejected hunks left in {path}"
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for marker in ("<<<<<<< ", ">>>>>>> ", "\n=======\n"):
+            assert marker not in text, f"conflict marker in {path.relative_to(project)}"
+
+
+def assert_equals_fresh_render(project: Path, fresh: Path, ignore: set[str]) -> None:
+    """Every file the user did not touch is exactly what a fresh render gives."""
+    ours = {str(p.relative_to(project)) for p in rendered_files(project)}
+    theirs = {str(p.relative_to(fresh)) for p in rendered_files(fresh)}
+    ignore = ignore | {"uv.lock", ".copier-answers.yml"}
+    assert theirs - ours - ignore == set(), "files of the new release missing"
+    assert ours - theirs - ignore - set(USER_FILES) == set(), "files the new release dropped"
+    for name in sorted(theirs - ignore):
+        assert filecmp.cmp(project / name, fresh / name, shallow=False), f"{name} differs"
+
+
+def secret(project: Path) -> str:
+    env = (project / ".env").read_text()
+    return env.split("ACME_ORDERS_SECRET_KEY=")[1].split()[0]
+
+
+def update(project: Path, data: dict[str, Any] | None = None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        copier.run_update(
+            project, data=data or {}, defaults=True, overwrite=True, quiet=True, vcs_ref="HEAD"
+        )
+
+
+def render_release(
+    template: tuple[Path, list[Release]], release: Release, dst: Path, **extra: Any
+) -> Path:
+    repo, _ = template
+    project = render(dst, {**ANSWERS, **extra}, src=repo, vcs_ref=release.tag)
+    git("init", "-q", cwd=project)
+    commit_all(project, f"render {release.tag}")
+    return project
+
+
+@pytest.mark.parametrize("version", [str(release.version) for release in releases()])
+def test_update_from_release_keeps_user_edits(
+    template: tuple[Path, list[Release]], version: str, tmp_path: Path, timings: Timings
+) -> None:
+    repo, found = template
+    release = next(r for r in found if str(r.version) == version)
+    project = render_release(template, release, tmp_path / "project")
+    assert answers(project)["_commit"] == release.tag
+    before_secret = secret(project)
+    edit_like_a_user(project)
+    commit_all(project, "user edits")
+
+    update(project)
+
+    assert_clean_merge(project)
+    assert_user_edits_intact(project)
+    assert secret(project) == before_secret
+    head = git("describe", "--tags", "--always", "HEAD", cwd=repo)
+    assert answers(project)["_commit"] == head
+    fresh = render(tmp_path / "fresh", ANSWERS, src=repo)
+    assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
+    sync(project, ANSWERS["python_version"], timings)
+    result = run_suite(project, timings)
+    assert passed_count(result) > 0
+    assert "test_greetings.py" in run_suite(project, None, "-v").stdout
+
+
+CHANGES = [
+    pytest.param({"features": ["uploads", "background_tasks"]}, id="features-on-and-off"),
+    pytest.param({"features": []}, id="all-features-off"),
+    pytest.param({"database": "postgresql"}, id="sqlite-to-postgresql"),
+    pytest.param({"database": "mysql"}, id="sqlite-to-mysql"),
+]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_update_with_changed_answers(
+    template: tuple[Path, list[Release]], change: dict[str, Any], tmp_path: Path, timings: Timings
+) -> None:
+    database = change.get("database")
+    if database:
+        require_server(database)
+    repo, found = template
+    project = render_release(template, found[0], tmp_path / "project")
+    edit_like_a_user(project)
+    commit_all(project, "user edits")
+
+    update(project, change)
+
+    assert_clean_merge(project)
+    assert_user_edits_intact(project)
+    for key, value in change.items():
+        assert answers(project)[key] == value
+    fresh = render(tmp_path / "fresh", {**ANSWERS, **change}, src=repo)
+    assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
+    sync(project, ANSWERS["python_version"], timings)
+    assert passed_count(run_suite(project, timings)) > 0
+
+
+def snapshot(project: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(project)): p.read_bytes() for p in rendered_files(project)}
+
+
+def test_dirty_work_tree_is_refused_and_untouched(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    _, found = template
+    project = render_release(template, found[0], tmp_path / "project")
+    (project / "README.md").write_text("uncommitted edit\n")
+    before = snapshot(project)
+    with pytest.raises(UserMessageError, match="dirty"):
+        update(project)
+    assert snapshot(project) == before
+
+
+def test_not_a_git_repository_is_refused_and_untouched(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    repo, found = template
+    project = render(tmp_path / "project", ANSWERS, src=repo, vcs_ref=found[0].tag)
+    before = snapshot(project)
+    with pytest.raises(UserMessageError, match="git"):
+        update(project)
+    assert snapshot(project) == before
+
+
+def test_update_from_the_command_line(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """The user's own command: ``copier update --defaults`` in the project, no --trust."""
+    _, found = template
+    project = render_release(template, found[0], tmp_path / "project")
+    result = subprocess.run(
+        ["copier", "update", "--defaults", "--vcs-ref", "HEAD"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert_clean_merge(project)
