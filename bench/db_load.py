@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -107,7 +108,11 @@ def sample(base: str) -> dict[str, Any]:
     """What the server answers for an existing and a missing id (compared across apps)."""
     status, body = http_get(f"{base}/items/1")
     missing, _ = http_get(f"{base}/items/{ROWS + 1}")
-    return {"status": status, "item": json.loads(body), "missing_status": missing}
+    try:
+        item = json.loads(body)
+    except ValueError:
+        item = body.decode(errors="replace")
+    return {"status": status, "item": item, "missing_status": missing}
 
 
 def measure(
@@ -208,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
     ensure_wrk()
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} CPUs, load average {load} (server and wrk share them)", flush=True)
     results: dict[str, Any] = {}
     for backend in args.backends:
         try:
@@ -222,4 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped, databases and temp dirs removed", file=sys.stderr)
+        sys.exit(130)

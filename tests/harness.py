@@ -56,13 +56,17 @@ FEATURE_TRACES = {
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
 COMMON_FILES = [
     ".copier-answers.yml",
+    ".dockerignore",
     ".env",
     ".env.example",
+    ".github/workflows/ci.yml",
     ".gitignore",
     ".pre-commit-config.yaml",
     ".python-version",
     "README.md",
+    "Dockerfile",
     "alembic.ini",
+    "compose.yaml",
     "pyproject.toml",
     "migrations/env.py",
     "migrations/script.py.mako",
@@ -296,6 +300,19 @@ def server_databases(project: Path, database: str, prefix: str) -> list[str]:
     url, query = SERVER_ADMIN[database]
     result = run(uv("run", "--no-sync", "python", "-c", LIST_DATABASES, url, query), project)
     return sorted(name for name in result.stdout.split() if name.startswith(prefix))
+
+
+def check_deploy_files(project: Path, timings: Timings | None = None) -> None:
+    """hadolint the Dockerfile; validate compose and CI against their schemas; zizmor the CI."""
+    workflow = project / ".github/workflows/ci.yml"
+    steps = [
+        [BIN / "hadolint", project / "Dockerfile"],
+        [BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", project / "compose.yaml"],
+        [BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow],
+        [BIN / "zizmor", "--offline", "--no-progress", workflow],
+    ]
+    for cmd in steps:
+        run(cmd, project, timings=timings, step="deploy files")
 
 
 def passed_count(result: subprocess.CompletedProcess[str]) -> int:

@@ -20,6 +20,7 @@ from .harness import (
     Combo,
     Timings,
     answers,
+    check_deploy_files,
     lint,
     passed_count,
     render,
@@ -86,6 +87,7 @@ def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Ti
     check_no_traces(project, combo)
     check_answers(project, combo)
 
+    check_deploy_files(project, timings)
     sync(project, combo.python, timings)
     lint(project, mypy_cache, timings)
     result = run_suite(project, timings)

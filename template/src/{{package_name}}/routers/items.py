@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..deps import SessionDep
+from ..deps import ReadSessionDep, SessionDep
 from ..models import Item
 from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
 
@@ -46,7 +46,7 @@ async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
 
 @router.get("")
 async def list_items(
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ItemPage:
@@ -61,7 +61,7 @@ async def list_items(
 
 
 @router.get("/{item_id}", responses=NOT_FOUND)
-async def get_item(item_id: int, session: SessionDep) -> ItemRead:
+async def get_item(item_id: int, session: ReadSessionDep) -> ItemRead:
     return ItemRead.model_validate(await _get_or_404(session, item_id))
 
 
