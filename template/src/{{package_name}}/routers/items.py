@@ -3,7 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import func, select
+from sqlalchemy import RowMapping, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,6 +12,7 @@ from ..models import Item
 from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
 
 MAX_PAGE_SIZE = 100
+ITEM_BY_ID = select(*Item.__table__.columns).where(Item.id == bindparam("item_id"))
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -60,9 +61,14 @@ async def list_items(
     )
 
 
-@router.get("/{item_id}", responses=NOT_FOUND)
-async def get_item(item_id: int, session: ReadSessionDep) -> ItemRead:
-    return ItemRead.model_validate(await _get_or_404(session, item_id))
+@router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
+async def get_item(item_id: int, session: ReadSessionDep) -> RowMapping:
+    # The hot read path selects plain columns (no ORM identity map or object loading) and
+    # lets FastAPI validate the row once against response_model.
+    row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
+    return row
 
 
 @router.patch("/{item_id}", responses=NOT_FOUND | CONFLICT)
