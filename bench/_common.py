@@ -396,3 +396,87 @@ def wrk(
         run([*cmd, "-d", f"{warmup:g}s", url], timeout=warmup + 60)
     output = run([*cmd, "-d", f"{duration:g}s", url], timeout=duration + 60)
     return parse_wrk(output)
+
+
+# --- processes seen through /proc -----------------------------------------------------------
+
+
+def load_average() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages."""
+    one, five, fifteen = os.getloadavg()
+    return one, five, fifteen
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    inodes.add(inode)
+    return inodes
+
+
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a socket that listens on TCP ``port``: the ones that accept."""
+    targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    pids: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+        except (FileNotFoundError, PermissionError, ProcessLookupError, NotADirectoryError):
+            continue  # gone meanwhile, or not ours to see
+        if links & targets:
+            pids.append(int(proc.name))
+    return sorted(pids)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (all of its threads')."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            children += [int(n) for n in (task / "children").read_text().split()]
+    return sorted(children)
+
+
+def server_pid(port: int) -> int:
+    """The one process that listens on ``port`` and has no child processes, or BenchError.
+
+    With one worker uvicorn serves in the process it was started as; several processes on
+    the socket (or children) would mean workers, whose memory one pid does not show.
+    """
+    pids = listening_pids(port)
+    if len(pids) != 1:
+        raise BenchError(f"expected one process listening on port {port}, found {pids}")
+    children = child_pids(pids[0])
+    if children:
+        raise BenchError(f"the server on port {port} (pid {pids[0]}) has children {children}")
+    return pids[0]
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status``, e.g. VmHWM (peak RSS) or VmRSS."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU time used so far by ``pid`` (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cmdline(pid: int) -> str:
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)

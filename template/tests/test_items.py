@@ -35,7 +35,7 @@ async def test_get_returns_what_was_created(client: httpx.AsyncClient) -> None:
 async def test_get_missing_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/items/999999")
     assert response.status_code == 404
-    assert response.json() == {"detail": "item 999999 not found"}
+    assert response.json()["detail"] == "item 999999 not found"
 
 
 async def test_duplicate_name_is_409_and_keeps_the_first(client: httpx.AsyncClient) -> None:
@@ -64,7 +64,7 @@ async def test_bad_body_is_422_naming_the_field(
 ) -> None:
     response = await client.post("/items", json=body)
     assert response.status_code == 422
-    locations = [error["loc"] for error in response.json()["detail"]]
+    locations = [error["loc"] for error in response.json()["errors"]]
     assert ["body", field] in locations
 
 
@@ -92,7 +92,7 @@ async def test_list_bounds_are_enforced(
 ) -> None:
     response = await client.get("/items", params=params)
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["query", field]
+    assert response.json()["errors"][0]["loc"] == ["query", field]
 
 
 async def test_update_changes_only_given_fields(client: httpx.AsyncClient) -> None:
@@ -118,7 +118,7 @@ async def test_update_with_null_name_is_422(client: httpx.AsyncClient) -> None:
     item = await create(client)
     response = await client.patch(f"/items/{item['id']}", json={"name": None})
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "name"]
+    assert response.json()["errors"][0]["loc"] == ["body", "name"]
 
 
 async def test_update_missing_is_404(client: httpx.AsyncClient) -> None:
