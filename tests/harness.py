@@ -313,7 +313,12 @@ def check_deploy_files(project: Path, timings: Timings | None = None) -> None:
     workflow = project / ".github/workflows/ci.yml"
     steps = [
         [BIN / "hadolint", project / "Dockerfile"],
-        [BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", project / "compose.yaml"],
+        [
+            BIN / "check-jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            project / "compose.yaml",
+        ],
         [BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow],
         [BIN / "zizmor", "--offline", "--no-progress", workflow],
     ]

@@ -64,7 +64,13 @@ def tagged_clone(dst: Path) -> tuple[Path, list[Release]]:
     git("add", "-A", cwd=dst)
     if git("status", "--porcelain", cwd=dst):
         git(
-            "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "work in progress",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "work in progress",
             cwd=dst,
         )
     found = releases(dst)

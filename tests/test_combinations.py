@@ -33,6 +33,7 @@ from .harness import (
     uv,
 )
 
+
 def check_files(project: Path, combo: Combo) -> None:
     expected = set(COMMON_FILES)
     absent: set[str] = set()
@@ -41,7 +42,9 @@ def check_files(project: Path, combo: Combo) -> None:
     for name in sorted(expected):
         assert (project / name.format(pkg=combo.package)).is_file(), f"missing {name}"
     for name in sorted(absent):
-        assert not (project / name.format(pkg=combo.package)).exists(), f"{name} rendered though off"
+        assert not (project / name.format(pkg=combo.package)).exists(), (
+            f"{name} rendered though off"
+        )
 
 
 def check_no_traces(project: Path, combo: Combo) -> None:

@@ -41,11 +41,11 @@ ANSWERS: dict[str, Any] = {
     "features": ["http_client", "uploads"],
 }
 PKG = "acme_orders"
-USER_MODULE = f'''"""A module the user added."""
+USER_MODULE = '''"""A module the user added."""
 
 
 def greet(name: str) -> str:
-    return f"hello {{name}}"
+    return f"hello {name}"
 '''
 USER_TEST = f'''"""A test the user added."""
 
@@ -78,7 +78,9 @@ def edit_like_a_user(project: Path) -> None:
     pyproject = project / "pyproject.toml"
     pyproject.write_text(
         pyproject.read_text().replace(
-            '"uvicorn[standard]>=0.34",\n]', '"uvicorn[standard]>=0.34",\n    "humanize>=4.9",\n]', 1
+            '"uvicorn[standard]>=0.34",\n]',
+            '"uvicorn[standard]>=0.34",\n    "humanize>=4.9",\n]',
+            1,
         )
     )
     readme = project / "README.md"
@@ -224,9 +226,7 @@ def test_not_a_git_repository_is_refused_and_untouched(
     assert snapshot(project) == before
 
 
-def test_update_from_the_command_line(
-    template: tuple[Path, list[Release]], tmp_path: Path
-) -> None:
+def test_update_from_the_command_line(template: tuple[Path, list[Release]], tmp_path: Path) -> None:
     """The user's own command: ``copier update --defaults`` in the project, no --trust."""
     _, found = template
     project = render_release(template, found[0], tmp_path / "project")
