@@ -7,7 +7,9 @@ Renders the template with the ``http_client`` feature (SQLite), starts ``upstrea
 (answers every GET after exactly 50 ms) and loads the app with wrk: a 3 s warm-up, then the
 measured run. With C connections each waiting 50 ms upstream, the bound is C / 0.05 req/s
 (1280 for 64); the target is 80 % of it with no errors. The upstream alone is loaded the
-same way first, to show what the bound looks like on this machine.
+same way first, to show what the bound looks like on this machine. Each client is also
+measured without the app (``client_load.py``: the app's own client in C tasks calling the
+upstream), which tells the client's share of the app's CPU time from the rest.
 
 Client variants: ``httpx`` is the project as rendered; ``httpx2`` is a copy with
 ``uv add httpx2`` and every ``import httpx`` in ``src/`` turned into ``import httpx2 as
@@ -54,6 +56,7 @@ from _common import (
 CLIENTS = ("httpx", "httpx2")
 DATA = {"project_name": "Bench Service", "database": "sqlite", "features": ["http_client"]}
 UPSTREAM_SERVER = BENCH / "upstream_server.py"
+CLIENT_LOAD = BENCH / "client_load.py"
 DELAY_MS = 50.0
 PATH = "/upstream/things"
 WARMUP_SECONDS = 3
@@ -154,7 +157,10 @@ def loaded(url: str, pids: Sequence[int], args: argparse.Namespace) -> dict[str,
     before = [proc_cpu_seconds(pid) for pid in pids]
     result = wrk(url, duration=args.duration, connections=args.connections, threads=THREADS)
     used = [proc_cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
-    return figures(result, args) | {"cpu_pct": [round(100 * u / args.duration) for u in used]}
+    return figures(result, args) | {
+        "cpu_pct": [round(100 * u / args.duration) for u in used],
+        "cpu_ms_per_request": round(1000 * used[0] / max(result.requests, 1), 3),
+    }
 
 
 def figures(result: WrkResult, args: argparse.Namespace) -> dict[str, Any]:
@@ -167,6 +173,28 @@ def figures(result: WrkResult, args: argparse.Namespace) -> dict[str, Any]:
         "requests": result.requests,
         "ratio_to_bound": round(result.rps / bound, 3),
     }
+
+
+def client_alone(
+    project: Project, env: Mapping[str, str], upstream_pid: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The app's client without the app: ``client_load.py`` with the project's Python."""
+    cmd = [
+        str(project.python),
+        str(CLIENT_LOAD),
+        project.package,
+        f"--concurrency={args.connections}",
+        f"--duration={args.duration}",
+        f"--warmup={WARMUP_SECONDS}",
+    ]
+    start = proc_cpu_seconds(upstream_pid)
+    timeout = args.duration + WARMUP_SECONDS + 60
+    result: dict[str, Any] = json.loads(run(cmd, cwd=project.path, env=env, timeout=timeout))
+    # The warm-up is in this figure too: the upstream's share over the whole client run.
+    used = proc_cpu_seconds(upstream_pid) - start
+    result["upstream_cpu_pct"] = round(100 * used / (args.duration + WARMUP_SECONDS))
+    result["ratio_to_bound"] = round(result["rps"] / bound_rps(args.connections), 3)
+    return result
 
 
 def check_answer(base: str) -> None:
@@ -189,13 +217,16 @@ def bench_client(
         name, version = probe(target, CLIENT_PROBE, env).split()
         settings = json.loads(probe(target, SETTINGS_PROBE, env))
         print(f"   client module {name} {version}; settings {settings}", flush=True)
+        print(f"   {client} alone: {args.connections} tasks calling the upstream", flush=True)
+        alone = client_alone(target, env, upstream_pid, args)
+        print(f"   {json.dumps(alone)}", flush=True)
         timing = f"{args.duration} s after a {WARMUP_SECONDS} s warm-up"
         with serve([target.python, "-m", target.package], env, port, cwd=target.path) as base:
             pid = server_pid(port)
             check_answer(base)
             print(f"   load {base}{PATH} ({timing}; app pid {pid})", flush=True)
             result = loaded(base + PATH, [pid, upstream_pid], args)
-    return result | {"client": f"{name} {version}", "settings": settings}
+    return result | {"client": f"{name} {version}", "settings": settings, "client_alone": alone}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,29 +256,44 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _row(label: str, row: Mapping[str, Any], cpu: Any, upstream_cpu: Any) -> str:
+    ok = row["ratio_to_bound"] >= TARGET_RATIO and row["errors"] == 0
+    p50 = f"{row['p50_ms']:.2f}" if "p50_ms" in row else "-"
+    p99 = f"{row['p99_ms']:.2f}" if "p99_ms" in row else "-"
+    return (
+        f"  {label:16}{row['rps']:>9.1f}{p50:>9}{p99:>9}{row['errors']:>8}"
+        f"{row['ratio_to_bound']:>8.3f}{cpu:>7}{row['cpu_ms_per_request']:>10.3f}"
+        f"{upstream_cpu:>8}  {'ok' if ok else 'MISSED'}"
+    )
+
+
 def print_table(results: Mapping[str, Any], args: argparse.Namespace) -> None:
     bound = bound_rps(args.connections)
     print(
-        f"\nGET {PATH}: upstream {DELAY_MS:g} ms, wrk {args.connections} connections x "
-        f"{THREADS} threads, {args.duration} s; bound {bound:.0f} req/s, "
+        f"\nGET {PATH}: upstream {DELAY_MS:g} ms, {args.connections} connections, "
+        f"{args.duration} s after {WARMUP_SECONDS} s warm-up; bound {bound:.0f} req/s, "
         f"target >= {TARGET_RATIO:.0%} of it ({TARGET_RATIO * bound:.0f}) and 0 errors"
     )
-    header = f"  {'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'/bound':>8}"
-    print(header + f"{'app cpu%':>10}{'upstr cpu%':>12}  verdict")
+    print(
+        f"  {'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'/bound':>8}"
+        f"{'cpu%':>7}{'cpu ms/req':>10}{'upstr%':>8}"
+    )
     for name, row in results.items():
-        label = "upstream alone" if name == "upstream_direct" else f"app + {name}"
         if "error" in row:
-            print(f"  {label:16}  failed: {row['error']}")
-            continue
-        cpu = row["cpu_pct"]
-        app_cpu, upstream_cpu = (cpu[0], cpu[1]) if len(cpu) == 2 else ("-", cpu[0])
-        ok = row["ratio_to_bound"] >= TARGET_RATIO and row["errors"] == 0
-        print(
-            f"  {label:16}{row['rps']:>9.1f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-            f"{row['errors']:>8}{row['ratio_to_bound']:>8.3f}{app_cpu:>10}{upstream_cpu:>12}"
-            f"  {'ok' if ok else 'MISSED'}"
-        )
-    print("  (cpu% = CPU time of the process during the measured run / wall time)", flush=True)
+            print(f"  {name:16}  failed: {row['error']}")
+        elif name == "upstream_direct":
+            print(_row("upstream alone", row, "-", row["cpu_pct"][0]))
+        else:
+            print(_row(f"app + {name}", row, row["cpu_pct"][0], row["cpu_pct"][1]))
+            alone = row["client_alone"]
+            print(_row(f"{name} alone", alone, alone["cpu_pct"], alone["upstream_cpu_pct"]))
+    print(
+        "  app + X: wrk -> rendered app -> upstream; X alone: the app's client in"
+        f" {args.connections} tasks, no app, no wrk.\n"
+        "  cpu% and cpu ms/req: the app's (or the client process's) CPU time in the measured"
+        " run; upstr%: the upstream's.",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

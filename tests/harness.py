@@ -51,7 +51,7 @@ FEATURE_FILES = {
 FEATURE_TRACES = {
     "http_client": ["upstream", "http_client", "HttpClient"],
     "uploads": ["upload", "aiofiles", "multipart"],
-    "background_tasks": ["job", "tasks"],
+    "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
 }
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
 COMMON_FILES = [
