@@ -170,6 +170,8 @@ def figures(result: WrkResult, args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": round(result.p50_ms, 2),
         "p99_ms": round(result.p99_ms, 2),
         "errors": result.errors,
+        "socket_errors": result.socket_errors,  # wrk's own 2 s timeout counts here
+        "non_2xx": result.non_2xx_3xx,
         "requests": result.requests,
         "ratio_to_bound": round(result.rps / bound, 3),
     }
@@ -262,7 +264,7 @@ def _row(label: str, row: Mapping[str, Any], cpu: Any, upstream_cpu: Any) -> str
     p99 = f"{row['p99_ms']:.2f}" if "p99_ms" in row else "-"
     return (
         f"  {label:16}{row['rps']:>9.1f}{p50:>9}{p99:>9}{row['errors']:>8}"
-        f"{row['ratio_to_bound']:>8.3f}{cpu:>7}{row['cpu_ms_per_request']:>10.3f}"
+        f"{row['ratio_to_bound']:>8.3f}{cpu:>7}{row['cpu_ms_per_request']:>12.3f}"
         f"{upstream_cpu:>8}  {'ok' if ok else 'MISSED'}"
     )
 
@@ -276,7 +278,7 @@ def print_table(results: Mapping[str, Any], args: argparse.Namespace) -> None:
     )
     print(
         f"  {'':16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'/bound':>8}"
-        f"{'cpu%':>7}{'cpu ms/req':>10}{'upstr%':>8}"
+        f"{'cpu%':>7}{'cpu ms/req':>12}{'upstr%':>8}"
     )
     for name, row in results.items():
         if "error" in row:

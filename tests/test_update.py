@@ -41,6 +41,7 @@ ANSWERS: dict[str, Any] = {
     "features": ["http_client", "uploads"],
 }
 PKG = "acme_orders"
+ROUTE_DOC = '"""Create an item; names are unique (Acme rule 7)."""'
 USER_MODULE = '''"""A module the user added."""
 
 
@@ -72,7 +73,13 @@ def commit_all(project: Path, message: str) -> None:
 
 def edit_like_a_user(project: Path) -> None:
     items = project / "src/acme_orders/routers/items.py"
-    items.write_text(items.read_text().replace("MAX_PAGE_SIZE)] = 50,", "MAX_PAGE_SIZE)] = 20,"))
+    items.write_text(
+        items.read_text().replace(
+            "async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:\n",
+            "async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:\n"
+            f"    {ROUTE_DOC}\n",
+        )
+    )
     (project / USER_FILES[0]).write_text(USER_MODULE)
     (project / USER_FILES[1]).write_text(USER_TEST)
     pyproject = project / "pyproject.toml"
@@ -90,7 +97,7 @@ def edit_like_a_user(project: Path) -> None:
 
 
 def assert_user_edits_intact(project: Path) -> None:
-    assert "MAX_PAGE_SIZE)] = 20," in (project / "src/acme_orders/routers/items.py").read_text()
+    assert ROUTE_DOC in (project / "src/acme_orders/routers/items.py").read_text()
     assert (project / USER_FILES[0]).read_text() == USER_MODULE
     assert (project / USER_FILES[1]).read_text() == USER_TEST
     assert '"humanize>=4.9",' in (project / "pyproject.toml").read_text()
@@ -197,6 +204,30 @@ def test_update_with_changed_answers(
     assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
     sync(project, ANSWERS["python_version"], timings)
     assert passed_count(run_suite(project, timings)) > 0
+
+
+def test_overlapping_edit_shows_inline_conflict_markers(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """Where the user changed a line the template changed too, Copier writes inline
+    conflict markers (no *.rej), for the user to resolve; pre-commit's
+    check-merge-conflict refuses to commit them."""
+    repo, found = template
+    project = render_release(template, found[0], tmp_path / "project")
+    old = (project / "pyproject.toml").read_text()
+    fresh = render(tmp_path / "fresh", ANSWERS, src=repo)
+    new = (fresh / "pyproject.toml").read_text()
+    changed = [line for line in old.splitlines() if line not in new.splitlines()]
+    added = [line for line in new.splitlines() if line not in old.splitlines()]
+    if not changed or not added:
+        pytest.skip("the template's pyproject.toml did not change since this release")
+    (project / "pyproject.toml").write_text(old.replace(changed[0], changed[0] + "  # ours"))
+    commit_all(project, "user edit on a line the template changes")
+    update(project)
+    text = (project / "pyproject.toml").read_text()
+    assert "<<<<<<< " in text
+    assert ">>>>>>> " in text
+    assert not list(project.rglob("*.rej"))
 
 
 def snapshot(project: Path) -> dict[str, bytes]:
