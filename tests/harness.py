@@ -109,11 +109,18 @@ class Combo:
     database: str
     features: tuple[str, ...]
     python: str = "3.13"
+    queue: str = "inprocess"
 
     @property
     def id(self) -> str:
         feats = "+".join(self.features) or "no-features"
-        return f"{self.database}-{feats}" + ("" if self.python == "3.13" else f"-py{self.python}")
+        queue = "-redis-queue" if self.redis_queue else ""
+        version = "" if self.python == "3.13" else f"-py{self.python}"
+        return f"{self.database}-{feats}{queue}{version}"
+
+    @property
+    def redis_queue(self) -> bool:
+        return "background_tasks" in self.features and self.queue == "redis"
 
     @property
     def package(self) -> str:
@@ -126,6 +133,7 @@ class Combo:
             "features": list(self.features),
             "python_version": self.python,
             "package_name": self.package,
+            "task_queue": self.queue,
         }
 
 
@@ -133,7 +141,15 @@ def feature_subsets() -> list[tuple[str, ...]]:
     return [c for n in range(len(FEATURES) + 1) for c in combinations(FEATURES, n)]
 
 
-ALL_COMBOS = [Combo(db, feats) for db in DATABASES for feats in feature_subsets()]
+ALL_COMBOS = [Combo(db, feats) for db in DATABASES for feats in feature_subsets()] + [
+    Combo(db, feats, queue="redis")
+    for db in DATABASES
+    for feats in feature_subsets()
+    if "background_tasks" in feats and (feats == FEATURES or db == "sqlite")
+]
+# Files of the Redis queue; none of them without it.
+QUEUE_FILES = ["src/{pkg}/queue.py", "src/{pkg}/worker.py"]
+QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
 
 
 def tool_env() -> dict[str, str]:

@@ -17,6 +17,8 @@ from .harness import (
     FEATURE_TRACES,
     FEATURES,
     LEFTOVER_JINJA,
+    QUEUE_FILES,
+    QUEUE_TRACES,
     Combo,
     Timings,
     answers,
@@ -39,6 +41,7 @@ def check_files(project: Path, combo: Combo) -> None:
     absent: set[str] = set()
     for feature, files in FEATURE_FILES.items():
         (expected if feature in combo.features else absent).update(files)
+    (expected if combo.redis_queue else absent).update(QUEUE_FILES)
     for name in sorted(expected):
         assert (project / name.format(pkg=combo.package)).is_file(), f"missing {name}"
     for name in sorted(absent):
@@ -51,6 +54,8 @@ def check_no_traces(project: Path, combo: Combo) -> None:
     """A feature that is off leaves no word of itself; other backends' drivers neither."""
     banned = [word for f in FEATURES if f not in combo.features for word in FEATURE_TRACES[f]]
     banned += [driver for db, driver in DRIVERS.items() if db != combo.database]
+    if not combo.redis_queue:
+        banned += QUEUE_TRACES
     for path in rendered_files(project):
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(project)
@@ -66,6 +71,9 @@ def check_no_traces(project: Path, combo: Combo) -> None:
 def check_answers(project: Path, combo: Combo) -> None:
     recorded = answers(project)
     for key, value in combo.data().items():
+        if key == "task_queue" and "background_tasks" not in combo.features:
+            assert key not in recorded  # not asked without background tasks
+            continue
         assert recorded[key] == value, key
     assert recorded["_src_path"]
     assert "secret_key" not in recorded
@@ -83,6 +91,8 @@ def check_answers(project: Path, combo: Combo) -> None:
 def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Timings) -> None:
     if combo.database != "sqlite":
         require_server(combo.database)
+    if combo.redis_queue:
+        require_server("redis")
     started = time.perf_counter()
     project = render(tmp_path / "project", combo.data())
     timings.add("render", time.perf_counter() - started)
