@@ -317,6 +317,26 @@ SERVER_ADMIN = {
 }
 
 
+REDIS_KEYS = """
+import asyncio, sys
+import redis.asyncio as redis
+
+async def main() -> None:
+    client = redis.from_url(sys.argv[1])
+    keys = [k.decode() async for k in client.scan_iter(match=sys.argv[2] + "*")]
+    print("\\n".join(keys))
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+def redis_keys(project: Path, prefix: str, url: str = "redis://127.0.0.1:6379/0") -> list[str]:
+    """Keys on the local Redis starting with ``prefix`` (via the project's venv)."""
+    result = run(uv("run", "--no-sync", "python", "-c", REDIS_KEYS, url, prefix), project)
+    return sorted(result.stdout.split())
+
+
 def server_databases(project: Path, database: str, prefix: str) -> list[str]:
     """Databases on the local server whose name starts with ``prefix`` (via the project's venv)."""
     url, query = SERVER_ADMIN[database]

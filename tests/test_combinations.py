@@ -25,6 +25,7 @@ from .harness import (
     check_deploy_files,
     lint,
     passed_count,
+    redis_keys,
     render,
     rendered_files,
     require_server,
@@ -111,6 +112,8 @@ def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Ti
         # The suite made and dropped its own database: nothing is left on the server,
         # and the application's own database was never touched.
         assert server_databases(project, combo.database, combo.package) == []
+    if combo.redis_queue:
+        assert redis_keys(project, combo.package) == [], "the suite left keys in Redis"
 
 
 @pytest.mark.parametrize("database", ["postgresql", "mysql"])
