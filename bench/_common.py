@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -146,6 +146,29 @@ class Project:
     def env(self, settings: Mapping[str, str]) -> dict[str, str]:
         """``tool_env`` plus ``settings`` given without the project's env prefix."""
         return tool_env({f"{self.env_prefix}{key}": value for key, value in settings.items()})
+
+    def serving_env(self, database_url: str, port: int, **settings: str) -> dict[str, str]:
+        """The settings every benchmark serves the app with: one quiet worker on loopback."""
+        return self.env(
+            {
+                "DATABASE_URL": database_url,
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "LOG_LEVEL": "warning",
+                "WORKERS": "1",
+                "ENVIRONMENT": "development",
+                **settings,
+            }
+        )
+
+
+def main_with_cleanup(main: Callable[[], int], cleaned: str) -> None:
+    """Run a benchmark's ``main``; on Ctrl-C say what was cleaned up and exit 130."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"interrupted: {cleaned}", file=sys.stderr)
+        sys.exit(130)
 
 
 _dirty_noted = False

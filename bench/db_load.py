@@ -29,6 +29,7 @@ from _common import (
     free_port,
     http_get,
     interrupt_on_sigterm,
+    main_with_cleanup,
     rendered_project,
     seed_items,
     serve,
@@ -229,8 +230,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: servers stopped, databases and temp dirs removed", file=sys.stderr)
-        sys.exit(130)
+    main_with_cleanup(main, "servers stopped, databases and temp dirs removed")

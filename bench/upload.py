@@ -42,6 +42,7 @@ from _common import (
     free_port,
     interrupt_on_sigterm,
     load_average,
+    main_with_cleanup,
     proc_cmdline,
     proc_cpu_seconds,
     proc_status_kib,
@@ -397,8 +398,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: server stopped, big files and temp dirs removed", file=sys.stderr)
-        sys.exit(130)
+    main_with_cleanup(main, "server stopped, big files and temp dirs removed")
