@@ -40,7 +40,7 @@ HOST = "127.0.0.1"
 # Server URLs without a database; a benchmark's own database is created under them.
 ADMIN_URLS = {
     "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/",
-    "mysql": "mysql+aiomysql://root@127.0.0.1:3306/",
+    "mysql": "mysql+asyncmy://root@127.0.0.1:3306/",
 }
 RENDER_TIMEOUT = 120.0
 SYNC_TIMEOUT = 600.0

@@ -1,6 +1,6 @@
 """Create, drop and seed a benchmark database with the raw async driver (no SQLAlchemy).
 
-Runs with a rendered project's Python, which has exactly one of asyncpg, aiomysql or
+Runs with a rendered project's Python, which has exactly one of asyncpg, asyncmy or
 aiosqlite. ``raw_app.py`` reuses the URL parsing.
 
     python _dbtool.py create URL      # drop it if it exists, then create it (server backends)
@@ -51,13 +51,13 @@ class DatabaseURL:
         )
 
     def server_kwargs(self, *, with_database: bool = True) -> dict[str, Any]:
-        """Connection keyword arguments for asyncpg / aiomysql."""
+        """Connection keyword arguments for asyncpg / asyncmy."""
         kwargs: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user}
         kwargs["password"] = self.password or ("" if self.backend == "mysql" else None)
         if self.backend == "postgresql":
             kwargs["database"] = self.database if with_database else "postgres"
         elif with_database:
-            kwargs["db"] = self.database
+            kwargs["database"] = self.database
         return kwargs
 
 
@@ -79,15 +79,15 @@ async def _admin(url: DatabaseURL, statements: list[str]) -> None:
         finally:
             await conn.close()
     else:
-        import aiomysql
+        import asyncmy
 
-        conn = await aiomysql.connect(**url.server_kwargs(with_database=False), autocommit=True)
+        conn = await asyncmy.connect(**url.server_kwargs(with_database=False), autocommit=True)
         try:
             async with conn.cursor() as cur:
                 for statement in statements:
                     await cur.execute(statement)
         finally:
-            conn.close()
+            await conn.ensure_closed()
 
 
 def _drop_statement(url: DatabaseURL) -> str:
@@ -142,9 +142,9 @@ async def _seed_postgresql(url: DatabaseURL, rows: Rows) -> Summary:
 
 
 async def _seed_mysql(url: DatabaseURL, rows: Rows) -> Summary:
-    import aiomysql
+    import asyncmy
 
-    conn = await aiomysql.connect(**url.server_kwargs())
+    conn = await asyncmy.connect(**url.server_kwargs())
     try:
         async with conn.cursor() as cur:
             await cur.execute("SET time_zone = '+00:00'")  # server defaults in UTC
@@ -153,7 +153,7 @@ async def _seed_mysql(url: DatabaseURL, rows: Rows) -> Summary:
             await cur.execute(SUMMARY)
             return _summary(await cur.fetchone())
     finally:
-        conn.close()
+        await conn.ensure_closed()
 
 
 async def _seed_sqlite(url: DatabaseURL, rows: Rows) -> Summary:

@@ -3,7 +3,7 @@
 Run with the rendered project's Python, so FastAPI, uvicorn and the driver are the very
 versions the rendered app uses. Configured from the environment:
 
-    RAW_DATABASE_URL   SQLAlchemy-style URL (postgresql+asyncpg, mysql+aiomysql, sqlite+aiosqlite)
+    RAW_DATABASE_URL   SQLAlchemy-style URL (postgresql+asyncpg, mysql+asyncmy, sqlite+aiosqlite)
     RAW_POOL_SIZE      connections kept open (default 10)
     RAW_HOST, RAW_PORT, RAW_LOG_LEVEL
 
@@ -69,11 +69,11 @@ class MySQLStore:
 
     @classmethod
     async def open(cls, url: DatabaseURL, size: int) -> MySQLStore:
-        import aiomysql
+        import asyncmy
 
         kwargs = url.server_kwargs()
         return cls(
-            await aiomysql.create_pool(minsize=size, maxsize=size, autocommit=True, **kwargs)
+            await asyncmy.create_pool(minsize=size, maxsize=size, autocommit=True, **kwargs)
         )
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Row | None:

@@ -53,7 +53,7 @@ FEATURE_TRACES = {
     "uploads": ["upload", "aiofiles", "multipart"],
     "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
 }
-DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "aiomysql"}
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
 COMMON_FILES = [
     ".copier-answers.yml",
     ".dockerignore",
@@ -313,7 +313,7 @@ SERVER_ADMIN = {
         "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
         "SELECT datname FROM pg_database",
     ),
-    "mysql": ("mysql+aiomysql://root@127.0.0.1:3306/mysql", "SHOW DATABASES"),
+    "mysql": ("mysql+asyncmy://root@127.0.0.1:3306/mysql", "SHOW DATABASES"),
 }
 
 
