@@ -72,9 +72,7 @@ class MySQLStore:
         import asyncmy
 
         kwargs = url.server_kwargs()
-        return cls(
-            await asyncmy.create_pool(minsize=size, maxsize=size, autocommit=True, **kwargs)
-        )
+        return cls(await asyncmy.create_pool(minsize=size, maxsize=size, autocommit=True, **kwargs))
 
     async def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Row | None:
         async with self.pool.acquire() as conn, conn.cursor() as cur:

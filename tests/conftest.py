@@ -1,6 +1,6 @@
 """Shared fixtures of the template's tests, and a summary of per-combination timings."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,10 +15,8 @@ def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def timings(record_property: Callable[[str, object], None]) -> Iterator[Timings]:
-    recorded = Timings()
-    yield recorded
-    record_property("timings", recorded.steps)
+def timings(record_property: Callable[[str, object], None]) -> Timings:
+    return Timings(record=record_property)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -215,12 +215,15 @@ def answers(project: Path) -> dict[str, Any]:
 
 @dataclass
 class Timings:
-    """Seconds per step, reported in the test summary."""
+    """Seconds per step, reported in the test summary (``record`` is pytest's record_property)."""
 
     steps: dict[str, float] = field(default_factory=dict)
+    record: Callable[[str, object], None] | None = None
 
     def add(self, step: str, seconds: float) -> None:
         self.steps[step] = round(self.steps.get(step, 0.0) + seconds, 2)
+        if self.record is not None:  # during the test's call: lands on its report
+            self.record("timings", dict(self.steps))
 
 
 def run(
