@@ -7,7 +7,7 @@ from sqlalchemy import RowMapping, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..deps import ReadSessionDep, SessionDep
+from ..deps import SessionDep
 from ..models import Item
 from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
 
@@ -47,7 +47,7 @@ async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
 
 @router.get("")
 async def list_items(
-    session: ReadSessionDep,
+    session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ItemPage:
@@ -62,7 +62,7 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
-async def get_item(item_id: int, session: ReadSessionDep) -> RowMapping:
+async def get_item(item_id: int, session: SessionDep) -> RowMapping:
     # The hot read path selects plain columns (no ORM identity map or object loading) and
     # lets FastAPI validate the row once against response_model.
     row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
