@@ -76,21 +76,14 @@ def pool_size(backend: str, args: argparse.Namespace) -> int:
 
 
 def rendered_env(project: Project, url: str, port: int, pool: int) -> dict[str, str]:
-    settings = {
-        "DATABASE_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "warning",
-        "WORKERS": "1",
-        "ENVIRONMENT": "development",
-    }
+    pool_settings = {}
     if project.answers["database"] != "sqlite":
-        settings |= {
+        pool_settings = {
             "DATABASE_POOL_SIZE": str(pool),
             "DATABASE_MAX_OVERFLOW": "0",
             "DATABASE_POOL_TIMEOUT": str(POOL_TIMEOUT_SECONDS),
         }
-    return project.env(settings)
+    return project.serving_env(url, port, **pool_settings)
 
 
 def raw_env(url: str, port: int, pool: int) -> dict[str, str]:

@@ -223,18 +223,14 @@ def upload(base: str, source: Path, pid: int, workdir: Path) -> Upload:
     )
 
 
-def app_settings(url: str, port: int, upload_dir: Path, size: int) -> dict[str, str]:
-    return {
-        "DATABASE_URL": url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": "warning",
-        "WORKERS": "1",
-        "ENVIRONMENT": "development",
-        "UPLOAD_DIR": str(upload_dir),
-        "UPLOAD_MAX_BYTES": str(max(2 * size, 2048 * MIB)),
-        "UPLOAD_ALLOWED_TYPES": '["application/octet-stream"]',
-    }
+def app_env(project: Project, url: str, port: int, upload_dir: Path, size: int) -> dict[str, str]:
+    return project.serving_env(
+        url,
+        port,
+        UPLOAD_DIR=str(upload_dir),
+        UPLOAD_MAX_BYTES=str(max(2 * size, 2048 * MIB)),
+        UPLOAD_ALLOWED_TYPES='["application/octet-stream"]',
+    )
 
 
 def verify(done: Upload, size: int, sha256: str, upload_dir: Path) -> dict[str, Any]:
@@ -261,7 +257,7 @@ def serve_and_upload(
     with temp_database(project, workdir, "bench_upload") as url:
         alembic_upgrade(project, url)
         port = free_port()
-        env = project.env(app_settings(url, port, upload_dir, size))
+        env = app_env(project, url, port, upload_dir, size)
         cmd: list[str | Path] = [project.python, "-m", project.package]
         with serve(cmd, env, port, cwd=project.path) as base:
             pid = server_pid(port)
