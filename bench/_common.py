@@ -7,6 +7,7 @@ project's own Python.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -160,6 +161,19 @@ class Project:
                 **settings,
             }
         )
+
+
+def comma_choices(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type`` for a comma-separated subset of ``choices``."""
+
+    def parse(value: str) -> list[str]:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        if not names or set(names) - set(choices):
+            msg = f"choose from {', '.join(choices)}; got {value!r}"
+            raise argparse.ArgumentTypeError(msg)
+        return names
+
+    return parse
 
 
 def main_with_cleanup(main: Callable[[], int], cleaned: str) -> None:

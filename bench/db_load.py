@@ -25,6 +25,7 @@ from _common import (
     Project,
     WrkResult,
     alembic_upgrade,
+    comma_choices,
     ensure_wrk,
     free_port,
     http_get,
@@ -54,21 +55,13 @@ POOL_TIMEOUT_SECONDS = 30
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(BACKENDS), type=_backends)
+    parser.add_argument("--backends", default=",".join(BACKENDS), type=comma_choices(BACKENDS))
     parser.add_argument("--duration", default=10, type=int, help="measured seconds per run")
     parser.add_argument("--connections", default=64, type=int, help="wrk connections")
     parser.add_argument(
         "--pool-size", default=64, type=int, help="database connections per app (PG/MySQL)"
     )
     return parser.parse_args(argv)
-
-
-def _backends(value: str) -> list[str]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(BACKENDS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(BACKENDS)}; got {value!r}")
-    return names
 
 
 def pool_size(backend: str, args: argparse.Namespace) -> int:

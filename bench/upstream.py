@@ -38,6 +38,7 @@ from _common import (
     Project,
     WrkResult,
     alembic_upgrade,
+    comma_choices,
     ensure_wrk,
     free_port,
     http_get,
@@ -77,18 +78,10 @@ CLIENT_PROBE = "import bench_service.http as h; print(h.httpx.__name__, h.httpx.
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default=",".join(CLIENTS), type=_clients)
+    parser.add_argument("--clients", default=",".join(CLIENTS), type=comma_choices(CLIENTS))
     parser.add_argument("--duration", default=10, type=int, help="measured seconds per run")
     parser.add_argument("--connections", default=64, type=int, help="wrk connections")
     return parser.parse_args(argv)
-
-
-def _clients(value: str) -> list[str]:
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(CLIENTS))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(CLIENTS)}; got {value!r}")
-    return names
 
 
 def bound_rps(connections: int) -> float:
