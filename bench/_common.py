@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,14 @@ RENDER_TIMEOUT = 120.0
 SYNC_TIMEOUT = 600.0
 DB_TIMEOUT = 180.0
 STOP_GRACE = 10.0
+# Every load: wrk with 2 threads, an unmeasured warm-up, then the measured run.
+THREADS = 2
+WARMUP_SECONDS = 3.0
+RUNS = 3
+# A 1-minute load average under this share of the CPUs counts as a quiet machine.
+QUIET_LOAD_PER_CPU = 0.25
+# Served with this on top of the defaults, the app writes no access line (experiments only).
+QUIET_LOGS = {"LOG_LEVEL": "warning"}
 
 
 class BenchError(RuntimeError):
@@ -149,18 +158,13 @@ class Project:
         return tool_env({f"{self.env_prefix}{key}": value for key, value in settings.items()})
 
     def serving_env(self, database_url: str, port: int, **settings: str) -> dict[str, str]:
-        """The settings every benchmark serves the app with: one quiet worker on loopback."""
-        return self.env(
-            {
-                "DATABASE_URL": database_url,
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
-                "LOG_LEVEL": "warning",
-                "WORKERS": "1",
-                "ENVIRONMENT": "development",
-                **settings,
-            }
-        )
+        """The app as a user gets it: the project's defaults (and its ``.env``) with only the
+        database and where to listen set; ``settings`` (without the prefix) go on top.
+
+        The defaults log at info level, so every request writes its JSON access line (into
+        the server's log file); pass ``**QUIET_LOGS`` to measure without it.
+        """
+        return self.env({"DATABASE_URL": database_url, "HOST": HOST, "PORT": str(port), **settings})
 
 
 def comma_choices(choices: Sequence[str]) -> Callable[[str], list[str]]:
@@ -188,12 +192,15 @@ def main_with_cleanup(main: Callable[[], int], cleaned: str) -> None:
 _dirty_noted = False
 
 
-def render(data: Mapping[str, Any], dst: Path) -> Project:
-    """Render the template at HEAD into ``dst`` (answers not in ``data`` take defaults)."""
+def render(data: Mapping[str, Any], dst: Path, ref: str = "HEAD") -> Project:
+    """Render the template at ``ref`` into ``dst`` (answers not in ``data`` take defaults).
+
+    ``HEAD`` includes the working tree's uncommitted changes; a commit is rendered as it is.
+    """
     global _dirty_noted  # say it once per run
     with warnings.catch_warnings(record=True) as caught, time_limit(RENDER_TIMEOUT, "copier"):
         warnings.simplefilter("always", DirtyLocalWarning)
-        copier.run_copy(str(ROOT), dst, data=dict(data), defaults=True, vcs_ref="HEAD", quiet=True)
+        copier.run_copy(str(ROOT), dst, data=dict(data), defaults=True, vcs_ref=ref, quiet=True)
     if not _dirty_noted and any(issubclass(w.category, DirtyLocalWarning) for w in caught):
         _dirty_noted = True
         print(f"note: {ROOT} has uncommitted changes; copier rendered them too", flush=True)
@@ -215,12 +222,41 @@ def sync(project: Project, python: str = "3.13") -> None:
 
 
 @contextlib.contextmanager
-def rendered_project(data: Mapping[str, Any], prefix: str = "bench-") -> Iterator[Project]:
-    """Render and sync into a temporary directory, removed on exit."""
+def rendered_project(
+    data: Mapping[str, Any], prefix: str = "bench-", ref: str = "HEAD"
+) -> Iterator[Project]:
+    """Render (at ``ref``) and sync into a temporary directory, removed on exit."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        project = render(data, Path(tmp) / "project")
+        project = render(data, Path(tmp) / "project", ref)
         sync(project)
         yield project
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    commit: str
+
+
+def previous_release() -> Release:
+    """The newest release (``## X.Y.Z`` in CHANGELOG.md) whose commit is not HEAD's.
+
+    Found as the template's update tests find releases (``tests/releases.py``).
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.releases import git, releases
+
+    head = git("rev-parse", "HEAD")
+    older = [release for release in releases() if release.commit != head]
+    if not older:
+        raise BenchError("CHANGELOG.md names no release before HEAD")
+    return Release(str(older[-1].version), older[-1].commit)
+
+
+def probe(project: Project, code: str, env: Mapping[str, str] | None = None) -> str:
+    """Run ``code`` with the project's Python in its directory (where its ``.env`` is)."""
+    cmd = [project.python, "-c", code]
+    return run(cmd, cwd=project.path, env=env or tool_env(), timeout=60).strip()
 
 
 def alembic_upgrade(project: Project, database_url: str) -> None:
@@ -321,25 +357,31 @@ def serve(
     cwd: Path | None = None,
     ready_path: str = "/health/ready",
     timeout: float = 60.0,
+    log: Path | None = None,
 ) -> Iterator[str]:
     """Start a server, wait until ``ready_path`` answers 200, yield its base URL, stop it.
 
     The server runs in its own process group, so stopping it stops its workers too; its
-    output goes to a temporary log, shown when it fails to start.
+    output goes to ``log`` (kept for the caller to read) or else to a temporary file, and is
+    shown when it fails to start.
     """
     base = f"http://{HOST}:{port}"
-    with tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log") as log:
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-log-")))
+            log = log / "server.log"
+        handle = stack.enter_context(log.open("wb"))
         process = subprocess.Popen(
             [str(part) for part in cmd],
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            _wait_ready(process, base + ready_path, timeout, Path(log.name))
+            _wait_ready(process, base + ready_path, timeout, log)
             yield base
         finally:
             _stop(process)
@@ -365,6 +407,16 @@ class WrkResult:
     @property
     def errors(self) -> int:
         return self.socket_errors + self.non_2xx_3xx
+
+    def figures(self) -> dict[str, Any]:
+        """The figures for a report (and its JSON line)."""
+        return {
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "errors": self.errors,
+            "requests": self.requests,
+        }
 
 
 def ensure_wrk() -> str:
@@ -420,19 +472,126 @@ def wrk(
     connections: int = 64,
     threads: int = 2,
     script: Path | None = None,
+    script_args: Sequence[str] = (),
     warmup: float = 0.0,
     timeout: str | None = None,
 ) -> WrkResult:
-    """Load ``url`` with wrk (after an unmeasured warm-up, if any) and return the figures."""
+    """Load ``url`` with wrk (after an unmeasured warm-up, if any) and return the figures.
+
+    ``script_args`` reach the Lua script's ``init(args)``.
+    """
     cmd = [ensure_wrk(), "-t", str(threads), "-c", str(connections), "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
     if timeout is not None:
         cmd += ["--timeout", timeout]
+    tail = ["--", *script_args] if script_args else []
     if warmup > 0:
-        run([*cmd, "-d", f"{warmup:g}s", url], timeout=warmup + 60)
-    output = run([*cmd, "-d", f"{duration:g}s", url], timeout=duration + 60)
+        run([*cmd, "-d", f"{warmup:g}s", url, *tail], timeout=warmup + 60)
+    output = run([*cmd, "-d", f"{duration:g}s", url, *tail], timeout=duration + 60)
     return parse_wrk(output)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser, duration: int = 10) -> None:
+    """``--duration`` and ``--connections`` of every wrk load, and ``--runs``."""
+    parser.add_argument("--duration", default=duration, type=int, help="measured seconds per load")
+    parser.add_argument("--connections", default=64, type=int, help="wrk connections")
+    add_runs_argument(parser)
+
+
+def load(
+    url: str,
+    args: argparse.Namespace,
+    *,
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+) -> WrkResult:
+    """A warm-up, then the measured wrk run, as ``add_load_arguments`` configured them."""
+    return wrk(
+        url,
+        duration=args.duration,
+        connections=args.connections,
+        threads=THREADS,
+        script=script,
+        script_args=script_args,
+        warmup=WARMUP_SECONDS,
+    )
+
+
+# --- repeated runs and the report -----------------------------------------------------------
+
+Figures = dict[str, Any]
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def add_runs_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs",
+        default=RUNS,
+        type=_positive,
+        help=f"repeat the whole measurement; the median of each figure counts (default {RUNS})",
+    )
+
+
+def _median(values: Sequence[Any]) -> Any:
+    """The median of numbers; a check (bool) holds if it held every time; else the first."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        return median_figures(values)
+    if isinstance(first, bool):
+        return all(values)
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and isinstance(first, int | float):
+        return round(statistics.median(numbers), 3)
+    if isinstance(first, list) and all(
+        isinstance(v, list) and len(v) == len(first) for v in values
+    ):
+        return [_median(column) for column in zip(*values, strict=True)]
+    return first
+
+
+def median_figures(runs: Sequence[Mapping[str, Any]]) -> Figures:
+    """Figure by figure (nested mappings too), the median over ``runs``."""
+    keys = dict.fromkeys(key for run in runs for key in run)
+    return {key: _median([run[key] for run in runs if key in run]) for key in keys}
+
+
+def repeat(runs: int, measure: Callable[[int], Figures]) -> Figures:
+    """Call ``measure(number)`` ``runs`` times: ``{"median": ..., "runs": [...]}``.
+
+    A ratio belongs in each run's figures, both sides measured in that run; its median is
+    then taken like any other figure's (not a ratio of medians).
+    """
+    figures = []
+    for number in range(1, runs + 1):
+        print(f"-- run {number}/{runs}", flush=True)
+        figures.append(measure(number))
+    return {"median": median_figures(figures), "runs": figures}
+
+
+def report_load(when: str) -> Figures:
+    """Print the load averages and whether the machine is quiet; the figures for the JSON."""
+    averages = [round(value, 2) for value in os.getloadavg()]
+    cpus = os.cpu_count() or 1
+    state = "quiet" if averages[0] < QUIET_LOAD_PER_CPU * cpus else "loaded"
+    shown = ", ".join(f"{value:.2f}" for value in averages)
+    print(f"load average {when}: {shown} on {cpus} CPUs ({state})", flush=True)
+    return {"load_average": averages, "machine": state}
+
+
+def mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def check_line(label: str, figure: str, target: str, ok: bool) -> str:
+    """One report line: the figure, its target next to it, and whether it is met."""
+    return f"  {label:<30}{figure:>22}   target {target:<16}{mark(ok)}"
 
 
 # --- processes seen through /proc -----------------------------------------------------------
