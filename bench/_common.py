@@ -387,6 +387,30 @@ def serve(
             _stop(process)
 
 
+@dataclass(frozen=True)
+class Served:
+    """A server started by ``serve_app``: its base URL and port."""
+
+    url: str
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return server_pid(self.port)
+
+
+@contextlib.contextmanager
+def serve_app(
+    project: Project, database_url: str, *, log: Path | None = None, **settings: str
+) -> Iterator[Served]:
+    """Serve ``python -m <package>`` as shipped (``Project.serving_env``) on a free port."""
+    port = free_port()
+    env = project.serving_env(database_url, port, **settings)
+    cmd = [project.python, "-m", project.package]
+    with serve(cmd, env, port, cwd=project.path, log=log) as url:
+        yield Served(url, port)
+
+
 # --- load -----------------------------------------------------------------------------------
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -548,7 +572,10 @@ def _median(values: Sequence[Any]) -> Any:
         return all(values)
     numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
     if numbers and isinstance(first, int | float):
-        return round(statistics.median(numbers), 3)
+        median = statistics.median(numbers)
+        if all(isinstance(v, int) for v in numbers) and median == int(median):
+            return int(median)
+        return round(median, 3)
     if isinstance(first, list) and all(
         isinstance(v, list) and len(v) == len(first) for v in values
     ):
@@ -583,6 +610,21 @@ def report_load(when: str) -> Figures:
     shown = ", ".join(f"{value:.2f}" for value in averages)
     print(f"load average {when}: {shown} on {cpus} CPUs ({state})", flush=True)
     return {"load_average": averages, "machine": state}
+
+
+def ranged(result: Figures, *path: str, digits: int = 3) -> str:
+    """The median of a figure and, in brackets, its range over the runs of ``repeat``."""
+
+    def pick(figures: Any) -> float:
+        for key in path:
+            figures = figures[key]
+        return float(figures)
+
+    values = [pick(run) for run in result["runs"]]
+    median = f"{pick(result['median']):.{digits}f}"
+    if len(values) == 1:
+        return median
+    return f"{median} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
 def mark(ok: bool) -> str:

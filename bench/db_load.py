@@ -1,94 +1,136 @@
-"""Database read load: the rendered app's ``GET /items/{id}`` against a raw-driver baseline.
+"""Database reads as a user gets the project, against a raw-driver baseline and the last release.
 
     .venv/bin/python bench/db_load.py [--backends sqlite,postgresql,mysql] [--duration 10]
-                                      [--connections 64] [--pool-size 64]
+                                      [--connections 64] [--runs 3]
+                                      [--pool-size N] [--log-level LEVEL]   # experiments only
 
-Per backend: render the template (no features), ``uv sync``, create and migrate a database,
-seed 10,000 items, then load the rendered app and ``raw_app.py`` (same Python, FastAPI and
-uvicorn; the driver without SQLAlchemy) with wrk: random ids, a 3 s warm-up, then the
-measured run. Prints a table per backend and, as the last line, every figure as JSON.
+Per backend: render the template at HEAD with its default answers (all features) and the
+previous release (the newest ``## X.Y.Z`` of CHANGELOG.md whose commit is not HEAD) from its
+commit, ``uv sync`` both, then create, migrate and seed (10,000 items) a database for each.
+Each run then loads, one after the other (they share the cores; a 3 s warm-up each):
+
+- the rendered app as shipped: the project's default settings (pool 10 + 10 overflow on
+  PostgreSQL/MySQL, log level info, so a JSON access line per request), with
+  ``GET /items/{id}`` (random ids) and ``GET /items?limit=10``;
+- ``raw_app.py`` (same Python, FastAPI and uvicorn; the driver without SQLAlchemy) with as
+  many connections as the rendered app can open, ``GET /items/{id}``;
+- the previous release as shipped, ``GET /items?limit=10``.
+
+Ratios are taken within each run; the medians over the runs are reported, each figure next
+to its target. ``--pool-size`` (pool N, no overflow, for the raw baseline too) and
+``--log-level`` serve the HEAD and release apps otherwise, for experiments: the figures are
+then marked as not "as shipped". Ends with every figure as one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from _common import (
     BENCH,
+    THREADS,
+    WARMUP_SECONDS,
     BenchError,
+    Figures,
     Project,
+    Release,
     WrkResult,
+    add_load_arguments,
     alembic_upgrade,
+    check_line,
     comma_choices,
     ensure_wrk,
     free_port,
     http_get,
     interrupt_on_sigterm,
+    load,
     main_with_cleanup,
+    previous_release,
+    probe,
+    ranged,
     rendered_project,
+    repeat,
+    report_load,
     seed_items,
     serve,
+    serve_app,
     temp_database,
     tool_env,
-    wrk,
 )
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
-DATA = {"features": [], "project_name": "Bench Service"}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+DATA = {"project_name": "Bench Service"}  # every other answer: the template's default
 ROWS = 10_000
 DATABASE_NAME = "bench_db_load"
 SCRIPT = BENCH / "random_ids.lua"
 RAW_APP = BENCH / "raw_app.py"
-WARMUP_SECONDS = 3
-THREADS = 2
+LIST_PATH = "/items?limit=10"
 # SQLite has no pool settings in the template: SQLAlchemy's default for an aiosqlite file is
 # a queue pool of 5 (+10 overflow), so the raw baseline keeps 15 connections.
 SQLITE_POOL = 15
-POOL_TIMEOUT_SECONDS = 30
+MIN_RAW_RATIO = 0.40  # rendered req/s over raw req/s
+MAX_P99_RATIO = 3.0  # rendered p99 over raw p99
+MIN_LIST_RATIO = 1.5  # HEAD's list req/s over the previous release's
+POOL_PROBE = (
+    "import json; from {package}.settings import Settings; s = Settings(); "
+    "print(json.dumps([s.database_pool_size, s.database_max_overflow]))"
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default=",".join(BACKENDS), type=comma_choices(BACKENDS))
-    parser.add_argument("--duration", default=10, type=int, help="measured seconds per run")
-    parser.add_argument("--connections", default=64, type=int, help="wrk connections")
+    add_load_arguments(parser)
     parser.add_argument(
-        "--pool-size", default=64, type=int, help="database connections per app (PG/MySQL)"
+        "--pool-size",
+        type=int,
+        help="experiment: pool N, no overflow (PG/MySQL; the raw baseline gets N too)",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="experiment: the apps' LOG_LEVEL (default info)"
     )
     return parser.parse_args(argv)
 
 
-def pool_size(backend: str, args: argparse.Namespace) -> int:
-    return SQLITE_POOL if backend == "sqlite" else int(args.pool_size)
+def overrides(backend: str, args: argparse.Namespace) -> dict[str, str]:
+    """Settings on top of the project's defaults: none unless an experiment asks."""
+    settings: dict[str, str] = {}
+    if args.pool_size is not None and backend != "sqlite":
+        settings |= {"DATABASE_POOL_SIZE": str(args.pool_size), "DATABASE_MAX_OVERFLOW": "0"}
+    if args.log_level is not None:
+        settings["LOG_LEVEL"] = args.log_level
+    return settings
 
 
-def rendered_env(project: Project, url: str, port: int, pool: int) -> dict[str, str]:
-    pool_settings = {}
-    if project.answers["database"] != "sqlite":
-        pool_settings = {
-            "DATABASE_POOL_SIZE": str(pool),
-            "DATABASE_MAX_OVERFLOW": "0",
-            "DATABASE_POOL_TIMEOUT": str(POOL_TIMEOUT_SECONDS),
-        }
-    return project.serving_env(url, port, **pool_settings)
+def app_pool(project: Project, url: str, settings: Mapping[str, str]) -> tuple[int, int]:
+    """(pool size, max overflow) the rendered app runs with; SQLite: SQLAlchemy's default."""
+    if project.answers["database"] == "sqlite":
+        return SQLITE_POOL, 0
+    env = project.env({"DATABASE_URL": url, **settings})
+    size, overflow = json.loads(probe(project, POOL_PROBE.format(package=project.package), env))
+    return int(size), int(overflow)
 
 
-def raw_env(url: str, port: int, pool: int) -> dict[str, str]:
-    return tool_env(
-        {
-            "RAW_DATABASE_URL": url,
-            "RAW_POOL_SIZE": str(pool),
-            "RAW_HOST": "127.0.0.1",
-            "RAW_PORT": str(port),
-            "RAW_LOG_LEVEL": "warning",
-        }
-    )
+# --- one run --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one backend serves: both renders, their databases, the settings."""
+
+    head: Project
+    head_url: str
+    previous: Project
+    previous_url: str
+    settings: Mapping[str, str]
+    raw_connections: int
 
 
 def sample(base: str) -> dict[str, Any]:
@@ -102,116 +144,215 @@ def sample(base: str) -> dict[str, Any]:
     return {"status": status, "item": item, "missing_status": missing}
 
 
-def measure(
-    cmd: Sequence[str | Path],
-    env: Mapping[str, str],
-    port: int,
-    cwd: Path,
-    args: argparse.Namespace,
-) -> tuple[WrkResult, dict[str, Any]]:
-    """Serve, sample the answers, warm up and load; the server is stopped on return."""
-    with serve(cmd, env, port, cwd=cwd) as base:
-        answers = sample(base)
-        result = wrk(
-            f"{base}/items/1",  # the script picks the path
-            duration=args.duration,
-            connections=args.connections,
-            threads=THREADS,
-            script=SCRIPT,
-            warmup=WARMUP_SECONDS,
+def check_list(base: str) -> None:
+    status, body = http_get(base + LIST_PATH)
+    if status != 200:
+        raise BenchError(f"GET {LIST_PATH} answered {status}: {body[:300]!r}")
+
+
+def load_items(base: str, args: argparse.Namespace) -> WrkResult:
+    return load(f"{base}/items/1", args, script=SCRIPT)  # the script picks the path
+
+
+@contextlib.contextmanager
+def serve_raw(project: Project, url: str, connections: int) -> Iterator[str]:
+    """``raw_app.py`` with the project's Python (its FastAPI, uvicorn and driver)."""
+    port = free_port()
+    env = tool_env(
+        {
+            "RAW_DATABASE_URL": url,
+            "RAW_POOL_SIZE": str(connections),
+            "RAW_HOST": "127.0.0.1",
+            "RAW_PORT": str(port),
+            "RAW_LOG_LEVEL": "warning",
+        }
+    )
+    with serve([project.python, RAW_APP], env, port, cwd=project.path) as base:
+        yield base
+
+
+def one_run(setup: Setup, release: Release, args: argparse.Namespace) -> Figures:
+    """Load the three apps one after the other; figures and ratios of this run."""
+    print(f"   rendered app, GET /items/{{id}} and {LIST_PATH}", flush=True)
+    with serve_app(setup.head, setup.head_url, **setup.settings) as app:
+        rendered_answers = sample(app.url)
+        check_list(app.url)
+        rendered = load_items(app.url, args)
+        head_list = load(app.url + LIST_PATH, args)
+    print(f"   raw baseline ({setup.raw_connections} connections), GET /items/{{id}}", flush=True)
+    with serve_raw(setup.head, setup.head_url, setup.raw_connections) as base:
+        raw_answers = sample(base)
+        raw = load_items(base, args)
+    if rendered_answers != raw_answers:
+        print(
+            f"   warning: answers differ\n     rendered {rendered_answers}\n     raw {raw_answers}"
         )
-    return result, answers
+    print(f"   release {release.version}, {LIST_PATH}", flush=True)
+    with serve_app(setup.previous, setup.previous_url, **setup.settings) as app:
+        check_list(app.url)
+        previous_list = load(app.url + LIST_PATH, args)
+    figures = {
+        "item": {
+            "rendered": rendered.figures(),
+            "raw": raw.figures(),
+            "ratio": round(rendered.rps / raw.rps, 3) if raw.rps else None,
+            "p99_ratio": round(rendered.p99_ms / raw.p99_ms, 3) if raw.p99_ms else None,
+            "answers_equal": rendered_answers == raw_answers,
+        },
+        "list": {
+            "head": head_list.figures(),
+            "previous": previous_list.figures(),
+            "ratio": round(head_list.rps / previous_list.rps, 3) if previous_list.rps else None,
+        },
+    }
+    print(f"   {json.dumps(figures)}", flush=True)
+    return figures
 
 
-def compare(rendered: dict[str, Any], raw: dict[str, Any]) -> None:
-    if rendered == raw:
-        print("  check: both apps answer /items/1 and a missing id identically", flush=True)
-    else:
-        print(f"  warning: answers differ\n    rendered {rendered}\n    raw      {raw}", flush=True)
+# --- per backend ----------------------------------------------------------------------------
 
 
-def figures(rendered: WrkResult, raw: WrkResult, pool: int) -> dict[str, Any]:
+def prepare(project: Project, url: str) -> None:
+    alembic_upgrade(project, url)
+    print(f"   {seed_items(project, url, ROWS)}", flush=True)
+
+
+def bench_backend(backend: str, release: Release, args: argparse.Namespace) -> Figures:
+    print(f"== {backend}: render HEAD and {release.version}, uv sync", flush=True)
+    data = {**DATA, "database": backend}
+    prefix = f"bench-db-load-{backend}-"
+    with (
+        rendered_project(data, prefix=prefix) as head,
+        rendered_project(data, prefix=f"{prefix}{release.version}-", ref=release.commit) as prev,
+        temp_database(head, head.path.parent, DATABASE_NAME) as head_url,
+        temp_database(prev, prev.path.parent, f"{DATABASE_NAME}_previous") as prev_url,
+    ):
+        print(f"   migrate and seed {head_url} and {prev_url}", flush=True)
+        prepare(head, head_url)
+        prepare(prev, prev_url)
+        settings = overrides(backend, args)
+        size, overflow = app_pool(head, head_url, settings)
+        setup = Setup(head, head_url, prev, prev_url, settings, size + overflow)
+        result = repeat(args.runs, lambda _number: one_run(setup, release, args))
+    return {"pool_size": size, "max_overflow": overflow, "raw_connections": size + overflow} | (
+        result | {"checks": verdicts(result)}
+    )
+
+
+def total_errors(result: Figures) -> int:
+    """wrk's errors (socket errors, non-2xx answers) over every load of every run."""
+    return sum(
+        side["errors"]
+        for run in result["runs"]
+        for part in (run["item"], run["list"])
+        for side in part.values()
+        if isinstance(side, dict)
+    )
+
+
+def verdicts(result: Figures) -> dict[str, bool]:
+    """Targets met by the medians; no errors in any load of any run."""
+    item, listing = result["median"]["item"], result["median"]["list"]
     return {
-        "rendered_rps": round(rendered.rps, 1),
-        "raw_rps": round(raw.rps, 1),
-        "ratio": round(rendered.rps / raw.rps, 3) if raw.rps else None,
-        "rendered_p50_ms": round(rendered.p50_ms, 2),
-        "rendered_p99_ms": round(rendered.p99_ms, 2),
-        "raw_p50_ms": round(raw.p50_ms, 2),
-        "raw_p99_ms": round(raw.p99_ms, 2),
-        "errors": rendered.errors + raw.errors,
-        "rendered_errors": rendered.errors,
-        "raw_errors": raw.errors,
-        "rendered_requests": rendered.requests,
-        "raw_requests": raw.requests,
-        "pool_size": pool,
+        "raw_ratio_ok": (item["ratio"] or 0) >= MIN_RAW_RATIO,
+        "p99_ratio_ok": item["p99_ratio"] is not None and item["p99_ratio"] <= MAX_P99_RATIO,
+        "list_ratio_ok": (listing["ratio"] or 0) >= MIN_LIST_RATIO,
+        "no_errors": total_errors(result) == 0,
     }
 
 
-def load_both(
-    project: Project, url: str, pool: int, args: argparse.Namespace
-) -> tuple[WrkResult, WrkResult]:
-    """Load the rendered app, then the raw baseline (one at a time: they share the cores)."""
-    timing = f"{args.duration} s after a {WARMUP_SECONDS} s warm-up"
-    print(f"   load the rendered app ({timing})", flush=True)
-    port = free_port()
-    env = rendered_env(project, url, port, pool)
-    cmd = [project.python, "-m", project.package]
-    rendered, rendered_answers = measure(cmd, env, port, project.path, args)
-    print(f"   load the raw baseline ({timing})", flush=True)
-    port = free_port()
-    raw, raw_answers = measure(
-        [project.python, RAW_APP], raw_env(url, port, pool), port, project.path, args
+# --- report ---------------------------------------------------------------------------------
+
+
+def print_table(
+    backend: str, result: Figures, release: Release, args: argparse.Namespace, shipped: bool
+) -> None:
+    median, checks = result["median"], result["checks"]
+    pool = (
+        "SQLAlchemy's default pool"
+        if backend == "sqlite"
+        else f"pool {result['pool_size']} + {result['max_overflow']} overflow"
     )
-    compare(rendered_answers, raw_answers)
-    return rendered, raw
-
-
-def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    pool = pool_size(backend, args)
-    print(f"== {backend}: render, uv sync", flush=True)
-    data = {**DATA, "database": backend}
-    with (
-        rendered_project(data, prefix=f"bench-db-load-{backend}-") as project,
-        temp_database(project, project.path.parent, DATABASE_NAME) as url,
-    ):
-        print(f"   migrate and seed {url}", flush=True)
-        alembic_upgrade(project, url)
-        print(f"   {seed_items(project, url, ROWS)}", flush=True)
-        rendered, raw = load_both(project, url, pool, args)
-    return figures(rendered, raw, pool)
-
-
-def print_table(backend: str, result: Mapping[str, Any], args: argparse.Namespace) -> None:
+    how = "as shipped" if shipped else "NOT as shipped (--pool-size/--log-level)"
     print(
-        f"\n{backend}: pool {result['pool_size']}, wrk {args.connections} connections "
-        f"x {THREADS} threads, {args.duration} s"
+        f"\n{backend}: {how}, {pool}; raw baseline {result['raw_connections']} connections; "
+        f"wrk {args.connections} connections x {THREADS} threads, {args.duration} s after "
+        f"{WARMUP_SECONDS:g} s; median of {args.runs} run(s) [range]"
     )
-    print(f"  {'':10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for side in ("rendered", "raw"):
+    print(f"  {'':36}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    rows = [
+        ("GET /items/{id}   rendered", median["item"]["rendered"]),
+        ("GET /items/{id}   raw driver", median["item"]["raw"]),
+        (f"GET {LIST_PATH} HEAD", median["list"]["head"]),
+        (f"GET {LIST_PATH} {release.version}", median["list"]["previous"]),
+    ]
+    for label, row in rows:
         print(
-            f"  {side:10}{result[f'{side}_rps']:>10.1f}{result[f'{side}_p50_ms']:>10.2f}"
-            f"{result[f'{side}_p99_ms']:>10.2f}{result[f'{side}_errors']:>8}"
+            f"  {label:36}{row['rps']:>10.1f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}"
+            f"{row['errors']:>8}"
         )
-    print(f"  ratio rendered/raw: {result['ratio']}\n", flush=True)
+    print(
+        check_line(
+            "rendered / raw req/s",
+            ranged(result, "item", "ratio"),
+            f">= {MIN_RAW_RATIO:.2f}",
+            checks["raw_ratio_ok"],
+        )
+    )
+    print(
+        check_line(
+            "rendered p99 / raw p99",
+            ranged(result, "item", "p99_ratio", digits=2),
+            f"<= {MAX_P99_RATIO:g}",
+            checks["p99_ratio_ok"],
+        )
+    )
+    print(
+        check_line(
+            f"list HEAD / {release.version} req/s",
+            ranged(result, "list", "ratio", digits=2),
+            f">= {MIN_LIST_RATIO:g}",
+            checks["list_ratio_ok"],
+        )
+    )
+    errors = str(total_errors(result))
+    print(check_line("errors (all loads, all runs)", errors, "0", checks["no_errors"]), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     interrupt_on_sigterm()
     ensure_wrk()
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    print(f"{os.cpu_count()} CPUs, load average {load} (server and wrk share them)", flush=True)
+    before = report_load("before")
+    release = previous_release()
+    print(f"previous release: {release.version} ({release.commit[:12]})", flush=True)
+    shipped = args.pool_size is None and args.log_level is None
     results: dict[str, Any] = {}
     for backend in args.backends:
         try:
-            results[backend] = bench_backend(backend, args)
+            results[backend] = bench_backend(backend, release, args)
         except BenchError as exc:
             print(f"!! {backend} failed: {exc}", file=sys.stderr, flush=True)
             results[backend] = {"error": str(exc).splitlines()[0]}
             continue
-        print_table(backend, results[backend], args)
-    print(json.dumps({"db_load": results}))
+        print_table(backend, results[backend], release, args, shipped)
+    after = report_load("after")
+    summary = {
+        "as_shipped": shipped,
+        "previous_release": release.version,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "runs": args.runs,
+        "targets": {
+            "min_raw_ratio": MIN_RAW_RATIO,
+            "max_p99_ratio": MAX_P99_RATIO,
+            "min_list_ratio": MIN_LIST_RATIO,
+        },
+        "before": before,
+        "after": after,
+        "backends": results,
+    }
+    print(json.dumps({"db_load": summary}))
     return 1 if any("error" in result for result in results.values()) else 0
 
 
