@@ -26,11 +26,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import copier
 import yaml
 from copier.errors import DirtyLocalWarning
+
+if TYPE_CHECKING:
+    from tests.releases import Release
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -232,12 +235,6 @@ def rendered_project(
         yield project
 
 
-@dataclass(frozen=True)
-class Release:
-    version: str
-    commit: str
-
-
 def previous_release() -> Release:
     """The newest release (``## X.Y.Z`` in CHANGELOG.md) whose commit is not HEAD's.
 
@@ -250,7 +247,7 @@ def previous_release() -> Release:
     older = [release for release in releases() if release.commit != head]
     if not older:
         raise BenchError("CHANGELOG.md names no release before HEAD")
-    return Release(str(older[-1].version), older[-1].commit)
+    return older[-1]
 
 
 def probe(project: Project, code: str, env: Mapping[str, str] | None = None) -> str:

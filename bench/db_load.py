@@ -30,7 +30,7 @@ import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from _common import (
     BENCH,
@@ -39,7 +39,6 @@ from _common import (
     BenchError,
     Figures,
     Project,
-    Release,
     WrkResult,
     add_load_arguments,
     alembic_upgrade,
@@ -63,6 +62,9 @@ from _common import (
     temp_database,
     tool_env,
 )
+
+if TYPE_CHECKING:
+    from tests.releases import Release
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -339,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     after = report_load("after")
     summary = {
         "as_shipped": shipped,
-        "previous_release": release.version,
+        "previous_release": str(release.version),
         "connections": args.connections,
         "duration_s": args.duration,
         "runs": args.runs,
