@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "previous_release": str(release.version),
         "connections": args.connections,
         "duration_s": args.duration,
-        "runs": args.runs,
+        "run_count": args.runs,
         "targets": {
             "min_raw_ratio": MIN_RAW_RATIO,
             "max_p99_ratio": MAX_P99_RATIO,
