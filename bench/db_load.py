@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from _common import (
@@ -45,6 +45,7 @@ from _common import (
     check_line,
     comma_choices,
     ensure_wrk,
+    for_each_backend,
     free_port,
     http_get,
     interrupt_on_sigterm,
@@ -61,6 +62,7 @@ from _common import (
     serve_app,
     temp_database,
     tool_env,
+    write_suffixes,
 )
 
 if TYPE_CHECKING:
@@ -71,7 +73,6 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 DATA = {"project_name": "Bench Service"}  # every other answer: the template's default
 ROWS = 10_000
 DATABASE_NAME = "bench_db_load"
-SCRIPT = BENCH / "random_ids.lua"
 RAW_APP = BENCH / "raw_app.py"
 LIST_PATH = "/items?limit=10"
 # SQLite has no pool settings in the template: SQLAlchemy's default for an aiosqlite file is
@@ -133,6 +134,7 @@ class Setup:
     previous_url: str
     settings: Mapping[str, str]
     raw_connections: int
+    ids: Path  # the seeded ids, one a line: each request picks one at random
 
 
 def sample(base: str) -> dict[str, Any]:
@@ -152,8 +154,8 @@ def check_list(base: str) -> None:
         raise BenchError(f"GET {LIST_PATH} answered {status}: {body[:300]!r}")
 
 
-def load_items(base: str, args: argparse.Namespace) -> WrkResult:
-    return load(f"{base}/items/1", args, script=SCRIPT)  # the script picks the path
+def load_items(base: str, ids: Path, args: argparse.Namespace) -> WrkResult:
+    return load(f"{base}/items/", args, suffixes=ids)  # a random id of the file a request
 
 
 @contextlib.contextmanager
@@ -179,12 +181,12 @@ def one_run(setup: Setup, release: Release, args: argparse.Namespace) -> Figures
     with serve_app(setup.head, setup.head_url, **setup.settings) as app:
         rendered_answers = sample(app.url)
         check_list(app.url)
-        rendered = load_items(app.url, args)
+        rendered = load_items(app.url, setup.ids, args)
         head_list = load(app.url + LIST_PATH, args)
     print(f"   raw baseline ({setup.raw_connections} connections), GET /items/{{id}}", flush=True)
     with serve_raw(setup.head, setup.head_url, setup.raw_connections) as base:
         raw_answers = sample(base)
-        raw = load_items(base, args)
+        raw = load_items(base, setup.ids, args)
     if rendered_answers != raw_answers:
         print(
             f"   warning: answers differ\n     rendered {rendered_answers}\n     raw {raw_answers}"
@@ -234,7 +236,8 @@ def bench_backend(backend: str, release: Release, args: argparse.Namespace) -> F
         prepare(prev, prev_url)
         settings = overrides(backend, args)
         size, overflow = app_pool(head, head_url, settings)
-        setup = Setup(head, head_url, prev, prev_url, settings, size + overflow)
+        ids = write_suffixes(head.path.parent / "ids.txt", map(str, range(1, ROWS + 1)))
+        setup = Setup(head, head_url, prev, prev_url, settings, size + overflow, ids)
         result = repeat(args.runs, lambda _number: one_run(setup, release, args))
     return {"pool_size": size, "max_overflow": overflow, "raw_connections": size + overflow} | (
         result | {"checks": verdicts(result)}
@@ -329,15 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     release = previous_release()
     print(f"previous release: {release.version} ({release.commit[:12]})", flush=True)
     shipped = args.pool_size is None and args.log_level is None
-    results: dict[str, Any] = {}
-    for backend in args.backends:
-        try:
-            results[backend] = bench_backend(backend, release, args)
-        except BenchError as exc:
-            print(f"!! {backend} failed: {exc}", file=sys.stderr, flush=True)
-            results[backend] = {"error": str(exc).splitlines()[0]}
-            continue
-        print_table(backend, results[backend], release, args, shipped)
+    results = for_each_backend(
+        args.backends,
+        lambda backend: bench_backend(backend, release, args),
+        lambda backend, result: print_table(backend, result, release, args, shipped),
+    )
     after = report_load("after")
     summary = {
         "as_shipped": shipped,
