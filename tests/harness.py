@@ -80,6 +80,7 @@ COMMON_FILES = [
     "src/{pkg}/logs.py",
     "src/{pkg}/middleware.py",
     "src/{pkg}/models.py",
+    "src/{pkg}/pagination.py",
     "src/{pkg}/schemas.py",
     "src/{pkg}/settings.py",
     "src/{pkg}/state.py",

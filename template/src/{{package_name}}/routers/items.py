@@ -1,18 +1,21 @@
 """The example resource: create, read, list, update and delete items."""
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import RowMapping, bindparam, func, select
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import RowMapping, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..deps import SessionDep
 from ..models import Item
+from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
 from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
 
-MAX_PAGE_SIZE = 100
-ITEM_BY_ID = select(*Item.__table__.columns).where(Item.id == bindparam("item_id"))
+# Read paths select plain columns (no ORM identity map or object loading) and let FastAPI
+# validate the rows once against the route's response_model.
+ITEM_COLUMNS = select(*Item.__table__.columns)
+ITEM_BY_ID = ITEM_COLUMNS.where(Item.id == bindparam("item_id"))
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -45,26 +48,22 @@ async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
     return ItemRead.model_validate(item)
 
 
-@router.get("")
+@router.get("", response_model=ItemPage)
 async def list_items(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> ItemPage:
-    total = await session.scalar(select(func.count()).select_from(Item))
-    rows = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
-    return ItemPage(
-        items=[ItemRead.model_validate(item) for item in rows],
-        total=total or 0,
-        limit=limit,
-        offset=offset,
-    )
+    session: SessionDep, limit: PageSize = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+) -> dict[str, Any]:
+    """Items in id order, a keyset page at a time (see ``pagination.py``)."""
+    statement = ITEM_COLUMNS.order_by(Item.id).limit(limit + 1)
+    after = decode_cursor(cursor)
+    if after is not None:
+        statement = statement.where(Item.id > after)
+    rows = (await session.execute(statement)).mappings().all()
+    items, next_cursor = page(rows, limit, key=lambda row: row["id"])
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
 async def get_item(item_id: int, session: SessionDep) -> RowMapping:
-    # The hot read path selects plain columns (no ORM identity map or object loading) and
-    # lets FastAPI validate the row once against response_model.
     row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
