@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -655,8 +656,9 @@ def for_each_backend(
     measure: Callable[[str], Figures],
     report: Callable[[str, Figures], None],
 ) -> dict[str, Figures]:
-    """``measure`` each backend and ``report`` its figures; a failed one is noted (its error
-    in place of its figures) and the others go on.
+    """``measure`` each backend and ``report`` its figures: ``{"backends": {name: figures}}``.
+
+    A failed backend is noted (its error in place of its figures) and the others go on.
     """
     results: dict[str, Figures] = {}
     for backend in backends:
@@ -667,7 +669,49 @@ def for_each_backend(
             results[backend] = {"error": str(exc).splitlines()[0]}
             continue
         report(backend, results[backend])
-    return results
+    return {"backends": results}
+
+
+def _backend_failed(result: Figures) -> bool:
+    return any("error" in figures for figures in result.get("backends", {}).values())
+
+
+# How the arguments every bench shares are named in its JSON line.
+_ARGUMENT_FIGURES = {"connections": "connections", "duration": "duration_s", "runs": "run_count"}
+
+
+def run_bench(
+    name: str,
+    args: argparse.Namespace,
+    measure: Callable[[], Figures],
+    *,
+    targets: Mapping[str, Any],
+    report: Callable[[Figures], None] | None = None,
+    failed: Callable[[Figures], bool] = _backend_failed,
+    extra: Mapping[str, Any] | None = None,
+) -> int:
+    """A bench's ``main`` after its arguments: the load average, ``measure``, the load
+    average again, ``report`` (the human table), and the last line, one JSON object
+    ``{name: {arguments, targets, extra, load averages, figures}}``.
+
+    Exit status 1 when ``measure`` raised BenchError (the JSON says why) or ``failed`` says
+    so (by default: a backend of ``{"backends": ...}`` has an error).
+    """
+    interrupt_on_sigterm()
+    before = report_load("before")
+    try:
+        result = measure()
+    except BenchError as exc:
+        print(f"!! {name} failed: {exc}", file=sys.stderr, flush=True)
+        print(json.dumps({name: {"error": str(exc).splitlines()[0]}}))
+        return 1
+    after = report_load("after")
+    if report is not None:
+        report(result)
+    shared = {key: getattr(args, arg) for arg, key in _ARGUMENT_FIGURES.items() if arg in args}
+    summary = {**shared, "targets": dict(targets), **(extra or {}), "before": before}
+    print(json.dumps({name: {**summary, "after": after, **result}}))
+    return 1 if failed(result) else 0
 
 
 def mark(ok: bool) -> str:

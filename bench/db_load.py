@@ -48,7 +48,6 @@ from _common import (
     for_each_backend,
     free_port,
     http_get,
-    interrupt_on_sigterm,
     load,
     main_with_cleanup,
     previous_release,
@@ -56,7 +55,7 @@ from _common import (
     ranged,
     rendered_project,
     repeat,
-    report_load,
+    run_bench,
     seed_items,
     serve,
     serve_app,
@@ -326,35 +325,25 @@ def print_table(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
     ensure_wrk()
-    before = report_load("before")
     release = previous_release()
-    print(f"previous release: {release.version} ({release.commit[:12]})", flush=True)
     shipped = args.pool_size is None and args.log_level is None
-    results = for_each_backend(
-        args.backends,
-        lambda backend: bench_backend(backend, release, args),
-        lambda backend, result: print_table(backend, result, release, args, shipped),
-    )
-    after = report_load("after")
-    summary = {
-        "as_shipped": shipped,
-        "previous_release": str(release.version),
-        "connections": args.connections,
-        "duration_s": args.duration,
-        "run_count": args.runs,
-        "targets": {
-            "min_raw_ratio": MIN_RAW_RATIO,
-            "max_p99_ratio": MAX_P99_RATIO,
-            "min_list_ratio": MIN_LIST_RATIO,
-        },
-        "before": before,
-        "after": after,
-        "backends": results,
+
+    def measure() -> Figures:
+        print(f"previous release: {release.version} ({release.commit[:12]})", flush=True)
+        return for_each_backend(
+            args.backends,
+            lambda backend: bench_backend(backend, release, args),
+            lambda backend, result: print_table(backend, result, release, args, shipped),
+        )
+
+    targets = {
+        "min_raw_ratio": MIN_RAW_RATIO,
+        "max_p99_ratio": MAX_P99_RATIO,
+        "min_list_ratio": MIN_LIST_RATIO,
     }
-    print(json.dumps({"db_load": summary}))
-    return 1 if any("error" in result for result in results.values()) else 0
+    extra = {"as_shipped": shipped, "previous_release": str(release.version)}
+    return run_bench("db_load", args, measure, targets=targets, extra=extra)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,12 +37,11 @@ from _common import (
     check_line,
     ensure_wrk,
     http_get,
-    interrupt_on_sigterm,
     main_with_cleanup,
     ranged,
     rendered_project,
     repeat,
-    report_load,
+    run_bench,
     serve_app,
     temp_database,
     wrk,
@@ -174,28 +172,15 @@ def print_table(result: Figures, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
     ensure_wrk()
-    before = report_load("before")
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"!! health tail benchmark failed: {exc}", file=sys.stderr, flush=True)
-        print(json.dumps({"health_tail": {"error": str(exc).splitlines()[0]}}))
-        return 1
-    after = report_load("after")
-    print_table(result, args)
-    summary = {
-        "connections": args.connections,
-        "duration_s": args.duration,
-        "run_count": args.runs,
-        "targets": {"max_tail_ratio": MAX_TAIL_RATIO, "max_access_cost": MAX_ACCESS_COST},
-        "before": before,
-        "after": after,
-        **result,
-    }
-    print(json.dumps({"health_tail": summary}))
-    return 0 if result["checks"]["log_ok"] else 1
+    return run_bench(
+        "health_tail",
+        args,
+        lambda: bench(args),
+        targets={"max_tail_ratio": MAX_TAIL_RATIO, "max_access_cost": MAX_ACCESS_COST},
+        report=lambda result: print_table(result, args),
+        failed=lambda result: not result["checks"]["log_ok"],
+    )
 
 
 if __name__ == "__main__":

@@ -42,14 +42,13 @@ from _common import (
     fill_items,
     for_each_backend,
     http_get,
-    interrupt_on_sigterm,
     load,
     main_with_cleanup,
     probe,
     ranged,
     rendered_project,
     repeat,
-    report_load,
+    run_bench,
     serve_app,
     temp_database,
     write_suffixes,
@@ -245,28 +244,18 @@ def print_table(backend: str, result: Mapping[str, Any], args: argparse.Namespac
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
     ensure_wrk()
-    before = report_load("before")
-    results = for_each_backend(
-        args.backends,
-        lambda backend: bench_backend(backend, args),
-        lambda backend, result: print_table(backend, result, args),
-    )
-    after = report_load("after")
-    summary = {
-        "rows": {"small": SMALL_ROWS, "large": args.rows},
-        "limit": LIMIT,
-        "connections": args.connections,
-        "duration_s": args.duration,
-        "run_count": args.runs,
-        "targets": {"max_p50_ratio": MAX_P50_RATIO},
-        "before": before,
-        "after": after,
-        "backends": results,
-    }
-    print(json.dumps({"list_scaling": summary}))
-    return 1 if any("error" in result for result in results.values()) else 0
+
+    def measure() -> Figures:
+        return for_each_backend(
+            args.backends,
+            lambda backend: bench_backend(backend, args),
+            lambda backend, result: print_table(backend, result, args),
+        )
+
+    extra = {"rows": {"small": SMALL_ROWS, "large": args.rows}, "limit": LIMIT}
+    targets = {"max_p50_ratio": MAX_P50_RATIO}
+    return run_bench("list_scaling", args, measure, targets=targets, extra=extra)
 
 
 if __name__ == "__main__":

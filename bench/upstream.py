@@ -31,7 +31,6 @@ import contextlib
 import json
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,15 +52,14 @@ from _common import (
     ensure_wrk,
     free_port,
     http_get,
-    interrupt_on_sigterm,
     main_with_cleanup,
     probe,
     proc_cpu_seconds,
     ranged,
     rendered_project,
     repeat,
-    report_load,
     run,
+    run_bench,
     serve,
     serve_app,
     server_pid,
@@ -331,29 +329,15 @@ def print_table(result: Figures, args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    interrupt_on_sigterm()
     ensure_wrk()
-    before = report_load("before")
-    try:
-        result = bench(args)
-    except BenchError as exc:
-        print(f"!! upstream benchmark failed: {exc}", file=sys.stderr, flush=True)
-        print(json.dumps({"upstream": {"error": str(exc).splitlines()[0]}}))
-        return 1
-    after = report_load("after")
-    print_table(result, args)
-    summary = {
-        "bound_rps": bound_rps(args.connections),
-        "connections": args.connections,
-        "duration_s": args.duration,
-        "run_count": args.runs,
-        "targets": {"min_client_ratio": MIN_CLIENT_RATIO},
-        "before": before,
-        "after": after,
-        **result,
-    }
-    print(json.dumps({"upstream": summary}))
-    return 0
+    return run_bench(
+        "upstream",
+        args,
+        lambda: bench(args),
+        targets={"min_client_ratio": MIN_CLIENT_RATIO},
+        report=lambda result: print_table(result, args),
+        extra={"bound_rps": bound_rps(args.connections)},
+    )
 
 
 if __name__ == "__main__":
