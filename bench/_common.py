@@ -726,12 +726,6 @@ def check_line(label: str, figure: str, target: str, ok: bool) -> str:
 # --- processes seen through /proc -----------------------------------------------------------
 
 
-def load_average() -> tuple[float, float, float]:
-    """The 1, 5 and 15 minute load averages."""
-    one, five, fifteen = os.getloadavg()
-    return one, five, fifteen
-
-
 def _listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on TCP ``port`` (IPv4 and IPv6)."""
     inodes: set[str] = set()

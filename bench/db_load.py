@@ -7,7 +7,8 @@
 Per backend: render the template at HEAD with its default answers (all features) and the
 previous release (the newest ``## X.Y.Z`` of CHANGELOG.md whose commit is not HEAD) from its
 commit, ``uv sync`` both, then create, migrate and seed (10,000 items) a database for each.
-Each run then loads, one after the other (they share the cores; a 3 s warm-up each):
+Each run then loads, one after the other (they share the cores; a 3 s warm-up each; the
+order reversed every other run):
 
 - the rendered app as shipped: the project's default settings (pool 10 + 10 overflow on
   PostgreSQL/MySQL, log level info, so a JSON access line per request), with
@@ -174,33 +175,54 @@ def serve_raw(project: Project, url: str, connections: int) -> Iterator[str]:
         yield base
 
 
-def one_run(setup: Setup, release: Release, args: argparse.Namespace) -> Figures:
-    """Load the three apps one after the other; figures and ratios of this run."""
+def load_rendered(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     print(f"   rendered app, GET /items/{{id}} and {LIST_PATH}", flush=True)
     with serve_app(setup.head, setup.head_url, **setup.settings) as app:
-        rendered_answers = sample(app.url)
+        answers = sample(app.url)
         check_list(app.url)
-        rendered = load_items(app.url, setup.ids, args)
-        head_list = load(app.url + LIST_PATH, args)
+        item = load_items(app.url, setup.ids, args)
+        return {"answers": answers, "item": item, "list": load(app.url + LIST_PATH, args)}
+
+
+def load_raw(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
     print(f"   raw baseline ({setup.raw_connections} connections), GET /items/{{id}}", flush=True)
     with serve_raw(setup.head, setup.head_url, setup.raw_connections) as base:
-        raw_answers = sample(base)
-        raw = load_items(base, setup.ids, args)
-    if rendered_answers != raw_answers:
-        print(
-            f"   warning: answers differ\n     rendered {rendered_answers}\n     raw {raw_answers}"
-        )
-    print(f"   release {release.version}, {LIST_PATH}", flush=True)
+        return {"answers": sample(base), "item": load_items(base, setup.ids, args)}
+
+
+def load_previous(setup: Setup, release: Release, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"   release {release.version}, GET {LIST_PATH}", flush=True)
     with serve_app(setup.previous, setup.previous_url, **setup.settings) as app:
         check_list(app.url)
-        previous_list = load(app.url + LIST_PATH, args)
+        return {"list": load(app.url + LIST_PATH, args)}
+
+
+def one_run(setup: Setup, release: Release, number: int, args: argparse.Namespace) -> Figures:
+    """Load the three apps one after the other (the order reversed every other run, so
+    that no pair is always measured at the same distance); figures and ratios of this run.
+    """
+    steps = {
+        "rendered": lambda: load_rendered(setup, args),
+        "raw": lambda: load_raw(setup, args),
+        "previous": lambda: load_previous(setup, release, args),
+    }
+    order = list(steps) if number % 2 else list(reversed(steps))
+    done = {name: steps[name]() for name in order}
+    rendered, raw = done["rendered"]["item"], done["raw"]["item"]
+    head_list, previous_list = done["rendered"]["list"], done["previous"]["list"]
+    answers_equal = done["rendered"]["answers"] == done["raw"]["answers"]
+    if not answers_equal:
+        print(
+            f"   warning: answers differ: rendered {done['rendered']['answers']}, raw "
+            f"{done['raw']['answers']}"
+        )
     figures = {
         "item": {
             "rendered": rendered.figures(),
             "raw": raw.figures(),
             "ratio": round(rendered.rps / raw.rps, 3) if raw.rps else None,
             "p99_ratio": round(rendered.p99_ms / raw.p99_ms, 3) if raw.p99_ms else None,
-            "answers_equal": rendered_answers == raw_answers,
+            "answers_equal": answers_equal,
         },
         "list": {
             "head": head_list.figures(),
@@ -237,7 +259,7 @@ def bench_backend(backend: str, release: Release, args: argparse.Namespace) -> F
         size, overflow = app_pool(head, head_url, settings)
         ids = write_suffixes(head.path.parent / "ids.txt", map(str, range(1, ROWS + 1)))
         setup = Setup(head, head_url, prev, prev_url, settings, size + overflow, ids)
-        result = repeat(args.runs, lambda _number: one_run(setup, release, args))
+        result = repeat(args.runs, lambda number: one_run(setup, release, number, args))
     return {"pool_size": size, "max_overflow": overflow, "raw_connections": size + overflow} | (
         result | {"checks": verdicts(result)}
     )
