@@ -27,7 +27,7 @@ def logging_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` mapping, also handed to uvicorn for its workers."""
     formatter: dict[str, Any] = (
         {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(correlation_id)s",
             "rename_fields": {
                 "asctime": "time",

@@ -7,7 +7,7 @@ from sqlalchemy import RowMapping, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..deps import SessionDep
+from ..deps import ReadSessionDep, SessionDep
 from ..models import Item
 from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
 from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
@@ -50,7 +50,7 @@ async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
 
 @router.get("", response_model=ItemPage)
 async def list_items(
-    session: SessionDep, limit: PageSize = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+    session: ReadSessionDep, limit: PageSize = DEFAULT_PAGE_SIZE, cursor: Cursor = None
 ) -> dict[str, Any]:
     """Items in id order, a keyset page at a time (see ``pagination.py``)."""
     statement = ITEM_COLUMNS.order_by(Item.id).limit(limit + 1)
@@ -63,7 +63,7 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
-async def get_item(item_id: int, session: SessionDep) -> RowMapping:
+async def get_item(item_id: int, session: ReadSessionDep) -> RowMapping:
     row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
