@@ -409,12 +409,17 @@ class Served:
 def serve_app(
     project: Project, database_url: str, *, log: Path | None = None, **settings: str
 ) -> Iterator[Served]:
-    """Serve ``python -m <package>`` as shipped (``Project.serving_env``) on a free port."""
+    """Serve ``python -m <package>`` as shipped (``Project.serving_env``) on a free port.
+
+    The targets are for one uvicorn worker: BenchError if the defaults started more.
+    """
     port = free_port()
     env = project.serving_env(database_url, port, **settings)
     cmd = [project.python, "-m", project.package]
     with serve(cmd, env, port, cwd=project.path, log=log) as url:
-        yield Served(url, port)
+        served = Served(url, port)
+        served.pid  # noqa: B018 - raises unless one process, without children, listens
+        yield served
 
 
 # --- load -----------------------------------------------------------------------------------

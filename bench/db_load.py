@@ -10,8 +10,8 @@ commit, ``uv sync`` both, then create, migrate and seed (10,000 items) a databas
 Each run then loads, one after the other (they share the cores; a 3 s warm-up each; the
 order reversed every other run):
 
-- the rendered app as shipped: the project's default settings (pool 10 + 10 overflow on
-  PostgreSQL/MySQL, log level info, so a JSON access line per request), with
+- the rendered app as shipped: the project's default settings (its default pool on
+  PostgreSQL/MySQL, printed; log level info, so a JSON access line per request), with
   ``GET /items/{id}`` (random ids) and ``GET /items?limit=10``;
 - ``raw_app.py`` (same Python, FastAPI and uvicorn; the driver without SQLAlchemy) with as
   many connections as the rendered app can open, ``GET /items/{id}``;
