@@ -75,9 +75,8 @@ ROWS = 10_000
 DATABASE_NAME = "bench_db_load"
 RAW_APP = BENCH / "raw_app.py"
 LIST_PATH = "/items?limit=10"
-# SQLite has no pool settings in the template: SQLAlchemy's default for an aiosqlite file is
-# a queue pool of 5 (+10 overflow), so the raw baseline keeps 15 connections.
-SQLITE_POOL = 15
+# SQLite has no pool settings: the template fixes the pool in db.SQLITE_POOL_SIZE (no overflow).
+SQLITE_POOL_PROBE = "from {package}.db import SQLITE_POOL_SIZE; print(SQLITE_POOL_SIZE)"
 MIN_RAW_RATIO = 0.40  # rendered req/s over raw req/s
 MAX_P99_RATIO = 3.0  # rendered p99 over raw p99
 MIN_LIST_RATIO = 1.5  # HEAD's list req/s over the previous release's
@@ -113,9 +112,9 @@ def overrides(backend: str, args: argparse.Namespace) -> dict[str, str]:
 
 
 def app_pool(project: Project, url: str, settings: Mapping[str, str]) -> tuple[int, int]:
-    """(pool size, max overflow) the rendered app runs with; SQLite: SQLAlchemy's default."""
+    """(pool size, max overflow) the rendered app runs with."""
     if project.answers["database"] == "sqlite":
-        return SQLITE_POOL, 0
+        return int(probe(project, SQLITE_POOL_PROBE.format(package=project.package))), 0
     env = project.env({"DATABASE_URL": url, **settings})
     size, overflow = json.loads(probe(project, POOL_PROBE.format(package=project.package), env))
     return int(size), int(overflow)
