@@ -11,15 +11,19 @@ REQUEST_ID_HEADER = "X-Request-ID"
 ACCESS_LOGGER = "access"
 # Fields never written to a log line, whatever a caller passes in ``extra``.
 REDACTED_FIELDS = ("secret_key", "password", "authorization", "cookie")
+# Console-only fields other libraries attach (uvicorn's ANSI-coloured copy of its message).
+CONSOLE_FIELDS = ("color_message",)
 
 
 class RedactFilter(logging.Filter):
-    """Blank well-known secret fields a caller might pass in ``extra``."""
+    """Blank well-known secret fields a caller might pass in ``extra``; drop console-only ones."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for name in REDACTED_FIELDS:
             if hasattr(record, name):
                 setattr(record, name, "[redacted]")
+        for name in CONSOLE_FIELDS:
+            record.__dict__.pop(name, None)
         return True
 
 
