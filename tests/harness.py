@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ COMMON_FILES = [
     "alembic.ini",
     "compose.yaml",
     "pyproject.toml",
+    "schemathesis.toml",
     "migrations/env.py",
     "migrations/script.py.mako",
     "migrations/versions/0001_items.py",
@@ -90,6 +93,8 @@ COMMON_FILES = [
     "tests/databases.py",
     "tests/test_errors.py",
     "tests/test_health.py",
+    "tests/contract_hooks.py",
+    "tests/test_contract.py",
     "tests/test_items.py",
     "tests/test_logging.py",
     "tests/test_migrations.py",
@@ -297,17 +302,19 @@ def run_suite(
     )
 
 
-LIST_DATABASES = """
+SERVER_SQL = """
 import asyncio, sys
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 async def main() -> None:
-    url, query = sys.argv[1], sys.argv[2]
-    engine = create_async_engine(url)
+    url, statement = sys.argv[1], sys.argv[2]
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     async with engine.connect() as connection:
-        for (name,) in await connection.execute(text(query)):
-            print(name)
+        result = await connection.execute(text(statement))
+        if result.returns_rows:
+            for (name,) in result:
+                print(name)
     await engine.dispose()
 
 asyncio.run(main())
@@ -341,11 +348,43 @@ def redis_keys(project: Path, prefix: str, url: str = "redis://127.0.0.1:6379/0"
     return sorted(result.stdout.split())
 
 
+def server_sql(project: Path, database: str, statement: str) -> list[str]:
+    """Run one statement as the local server's admin (via the project's venv); its rows."""
+    url, _ = SERVER_ADMIN[database]
+    result = run(uv("run", "--no-sync", "python", "-c", SERVER_SQL, url, statement), project)
+    return result.stdout.split()
+
+
 def server_databases(project: Path, database: str, prefix: str) -> list[str]:
-    """Databases on the local server whose name starts with ``prefix`` (via the project's venv)."""
-    url, query = SERVER_ADMIN[database]
-    result = run(uv("run", "--no-sync", "python", "-c", LIST_DATABASES, url, query), project)
-    return sorted(name for name in result.stdout.split() if name.startswith(prefix))
+    """Databases on the local server whose name starts with ``prefix``."""
+    names = server_sql(project, database, SERVER_ADMIN[database][1])
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http(method: str, url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        loaded: dict[str, object] = json.load(response)
+        return loaded
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            http("GET", url)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
 
 
 def check_deploy_files(project: Path, timings: Timings | None = None) -> None:

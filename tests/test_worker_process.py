@@ -1,42 +1,25 @@
 """The Redis queue end to end, as deployed: the API and `python -m <pkg>.worker` as real
 processes, a real Redis, a job posted over HTTP and run by the worker."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-from .harness import FEATURES, Combo, redis_keys, render, require_server, run, sync, uv
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http(method: str, url: str, body: dict[str, object] | None = None) -> dict[str, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        loaded: dict[str, object] = json.load(response)
-        return loaded
-
-
-def wait_ready(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            http("GET", url)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(url)
+from .harness import (
+    FEATURES,
+    Combo,
+    free_port,
+    http,
+    redis_keys,
+    render,
+    require_server,
+    run,
+    sync,
+    uv,
+    wait_ready,
+)
 
 
 def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:

@@ -3,18 +3,18 @@
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 
-async def create(client: httpx.AsyncClient, **fields: Any) -> dict[str, Any]:
+async def create(client: httpx2.AsyncClient, **fields: Any) -> dict[str, Any]:
     response = await client.post("/items", json={"name": "widget", **fields})
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-async def test_create_returns_the_item(client: httpx.AsyncClient) -> None:
+async def test_create_returns_the_item(client: httpx2.AsyncClient) -> None:
     item = await create(client, description="A widget", price_cents=250)
     assert item["id"] > 0
     assert item["name"] == "widget"
@@ -25,20 +25,20 @@ async def test_create_returns_the_item(client: httpx.AsyncClient) -> None:
     assert abs((datetime.now(UTC) - created).total_seconds()) < 60
 
 
-async def test_get_returns_what_was_created(client: httpx.AsyncClient) -> None:
+async def test_get_returns_what_was_created(client: httpx2.AsyncClient) -> None:
     item = await create(client)
     response = await client.get(f"/items/{item['id']}")
     assert response.status_code == 200
     assert response.json() == item
 
 
-async def test_get_missing_is_404(client: httpx.AsyncClient) -> None:
+async def test_get_missing_is_404(client: httpx2.AsyncClient) -> None:
     response = await client.get("/items/999999")
     assert response.status_code == 404
     assert response.json()["detail"] == "item 999999 not found"
 
 
-async def test_duplicate_name_is_409_and_keeps_the_first(client: httpx.AsyncClient) -> None:
+async def test_duplicate_name_is_409_and_keeps_the_first(client: httpx2.AsyncClient) -> None:
     first = await create(client, price_cents=1)
     response = await client.post("/items", json={"name": "widget", "price_cents": 2})
     assert response.status_code == 409
@@ -59,7 +59,7 @@ async def test_duplicate_name_is_409_and_keeps_the_first(client: httpx.AsyncClie
     ],
 )
 async def test_bad_body_is_422_naming_the_field(
-    client: httpx.AsyncClient, body: dict[str, Any], field: str
+    client: httpx2.AsyncClient, body: dict[str, Any], field: str
 ) -> None:
     response = await client.post("/items", json=body)
     assert response.status_code == 422
@@ -67,14 +67,14 @@ async def test_bad_body_is_422_naming_the_field(
     assert ["body", field] in locations
 
 
-async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
+async def test_malformed_json_is_422(client: httpx2.AsyncClient) -> None:
     response = await client.post(
         "/items", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
 
 
-async def walk(client: httpx.AsyncClient, limit: int) -> list[list[int]]:
+async def walk(client: httpx2.AsyncClient, limit: int) -> list[list[int]]:
     """Every page of the listing, following ``next_cursor`` to the end: ids per page."""
     pages: list[list[int]] = []
     params: dict[str, Any] = {"limit": limit}
@@ -88,7 +88,7 @@ async def walk(client: httpx.AsyncClient, limit: int) -> list[list[int]]:
         params["cursor"] = body["next_cursor"]
 
 
-async def test_list_pages_follow_the_cursor_to_the_last_page(client: httpx.AsyncClient) -> None:
+async def test_list_pages_follow_the_cursor_to_the_last_page(client: httpx2.AsyncClient) -> None:
     ids = [(await create(client, name=f"item-{n}"))["id"] for n in range(5)]
     # First, middle and last page; the last one has no next_cursor.
     assert await walk(client, limit=2) == [ids[0:2], ids[2:4], ids[4:5]]
@@ -96,11 +96,11 @@ async def test_list_pages_follow_the_cursor_to_the_last_page(client: httpx.Async
     assert await walk(client, limit=5) == [ids]
 
 
-async def test_list_of_an_empty_table_is_one_empty_page(client: httpx.AsyncClient) -> None:
+async def test_list_of_an_empty_table_is_one_empty_page(client: httpx2.AsyncClient) -> None:
     assert (await client.get("/items")).json() == {"items": [], "next_cursor": None}
 
 
-async def test_list_rows_inserted_between_pages_are_seen_once(client: httpx.AsyncClient) -> None:
+async def test_list_rows_inserted_between_pages_are_seen_once(client: httpx2.AsyncClient) -> None:
     ids = [(await create(client, name=f"item-{n}"))["id"] for n in range(4)]
     first = (await client.get("/items", params={"limit": 2})).json()
     # Another client inserts while this one pages: nothing shifts, nothing repeats.
@@ -127,7 +127,7 @@ async def test_list_rows_inserted_between_pages_are_seen_once(client: httpx.Asyn
         "A" * 129,  # longer than any cursor the API issues
     ],
 )
-async def test_list_bad_cursor_is_422_naming_it(client: httpx.AsyncClient, cursor: str) -> None:
+async def test_list_bad_cursor_is_422_naming_it(client: httpx2.AsyncClient, cursor: str) -> None:
     response = await client.get("/items", params={"cursor": cursor})
     assert response.status_code == 422
     body = response.json()
@@ -135,7 +135,7 @@ async def test_list_bad_cursor_is_422_naming_it(client: httpx.AsyncClient, curso
     assert body["request_id"]
 
 
-async def test_list_cursor_of_a_deleted_row_still_pages(client: httpx.AsyncClient) -> None:
+async def test_list_cursor_of_a_deleted_row_still_pages(client: httpx2.AsyncClient) -> None:
     first = await create(client, name="first")
     second = await create(client, name="second")
     cursor = (await client.get("/items", params={"limit": 1})).json()["next_cursor"]
@@ -151,14 +151,14 @@ async def test_list_cursor_of_a_deleted_row_still_pages(client: httpx.AsyncClien
     [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "ten"}, "limit")],
 )
 async def test_list_bounds_are_enforced(
-    client: httpx.AsyncClient, params: dict[str, Any], field: str
+    client: httpx2.AsyncClient, params: dict[str, Any], field: str
 ) -> None:
     response = await client.get("/items", params=params)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["query", field]
 
 
-async def test_update_changes_only_given_fields(client: httpx.AsyncClient) -> None:
+async def test_update_changes_only_given_fields(client: httpx2.AsyncClient) -> None:
     item = await create(client, description="old", price_cents=5)
     response = await client.patch(f"/items/{item['id']}", json={"description": "new"})
     assert response.status_code == 200
@@ -169,7 +169,7 @@ async def test_update_changes_only_given_fields(client: httpx.AsyncClient) -> No
     assert updated["updated_at"] >= item["updated_at"]
 
 
-async def test_update_to_a_taken_name_is_409(client: httpx.AsyncClient) -> None:
+async def test_update_to_a_taken_name_is_409(client: httpx2.AsyncClient) -> None:
     await create(client, name="first")
     second = await create(client, name="second")
     response = await client.patch(f"/items/{second['id']}", json={"name": "first"})
@@ -177,24 +177,24 @@ async def test_update_to_a_taken_name_is_409(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/items/{second['id']}")).json()["name"] == "second"
 
 
-async def test_update_with_null_name_is_422(client: httpx.AsyncClient) -> None:
+async def test_update_with_null_name_is_422(client: httpx2.AsyncClient) -> None:
     item = await create(client)
     response = await client.patch(f"/items/{item['id']}", json={"name": None})
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["body", "name"]
 
 
-async def test_update_missing_is_404(client: httpx.AsyncClient) -> None:
+async def test_update_missing_is_404(client: httpx2.AsyncClient) -> None:
     response = await client.patch("/items/999999", json={"description": "x"})
     assert response.status_code == 404
 
 
-async def test_delete_removes_the_item(client: httpx.AsyncClient) -> None:
+async def test_delete_removes_the_item(client: httpx2.AsyncClient) -> None:
     item = await create(client)
     response = await client.delete(f"/items/{item['id']}")
     assert response.status_code == 204
     assert (await client.get(f"/items/{item['id']}")).status_code == 404
 
 
-async def test_delete_missing_is_404(client: httpx.AsyncClient) -> None:
+async def test_delete_missing_is_404(client: httpx2.AsyncClient) -> None:
     assert (await client.delete("/items/999999")).status_code == 404

@@ -2,7 +2,9 @@
 
 ``{"detail": str, "request_id": str, "errors": [{"loc": [...], "msg": str}]}``, with
 ``errors`` only on 422. Unhandled exceptions answer 500 without a stack trace; the full
-trace goes to the log, with the request id.
+trace goes to the log, with the request id. A 405 lists in ``Allow`` every method the path
+has (the framework names only the one route it tried), and the framework's own plain-text
+error answers (413 from the body size limit) get the same JSON body.
 """
 
 import logging
@@ -13,11 +15,15 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import REQUEST_ID_HEADER
 from .schemas import ErrorBody, FieldError
 
 logger = logging.getLogger(__name__)
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def error_response(
@@ -34,10 +40,24 @@ def error_response(
     )
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this request's path, found by the app's router."""
+    routes = request.app.router.routes
+
+    def answers(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in routes)
+
+    return [method for method in METHODS if answers(method)]
+
+
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, HTTPException):  # registered for HTTPException only
         raise exc
-    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(exc.status_code, str(exc.detail), headers=headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -67,7 +87,55 @@ async def unhandled_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class PlainErrorBodyMiddleware:
+    """Give the error body to error answers the framework writes as plain text.
+
+    Starlette's request body limit answers 413 with ``Content Too Large`` in ``text/plain``
+    from outside the exception handlers; clients get ``ErrorBody`` for it like for any error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        plain_error: Message | None = None
+        plain_body: list[bytes] = []
+
+        async def send_error_body(message: Message) -> None:
+            nonlocal plain_error
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/plain"):
+                    plain_error = message
+                    return
+            if plain_error is None:
+                await send(message)
+                return
+            plain_body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                detail = b"".join(plain_body).decode("utf-8", "replace")
+                body = error_response(plain_error["status"], detail).body
+                # Keep the headers set so far (the request id among them), not the type/length.
+                headers = [
+                    (name, value)
+                    for name, value in plain_error.get("headers", [])
+                    if name not in (b"content-type", b"content-length")
+                ]
+                headers += [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({**plain_error, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_error_body)
+
+
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unhandled_error)
+    app.add_middleware(PlainErrorBodyMiddleware)

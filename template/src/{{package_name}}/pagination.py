@@ -23,9 +23,13 @@ from typing import Annotated, Any
 from fastapi import Query
 from fastapi.exceptions import RequestValidationError
 
+from .schemas import INT32_MAX
+
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_CURSOR_LENGTH = 128
+# The OpenAPI format of a cursor: a string only this API issues (tests generate real ones).
+CURSOR_FORMAT = "page-cursor"
 
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
 Cursor = Annotated[
@@ -33,6 +37,7 @@ Cursor = Annotated[
     Query(
         max_length=MAX_CURSOR_LENGTH,
         description="`next_cursor` of the previous page; leave out for the first page",
+        json_schema_extra={"format": CURSOR_FORMAT},
     ),
 ]
 
@@ -43,8 +48,11 @@ def encode_cursor(key: int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(cursor: str | None) -> int | None:
-    """The key a cursor points after (``None`` for the first page); 422 if it is not ours."""
+def decode_cursor(cursor: str | None, max_key: int = INT32_MAX) -> int | None:
+    """The key a cursor points after (``None`` for the first page); 422 if it is not ours.
+
+    ``max_key`` bounds the key to what its column holds (INTEGER by default).
+    """
     if cursor is None:
         return None
     try:
@@ -52,7 +60,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         (key,) = json.loads(raw)
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
         key = None
-    if type(key) is not int or key < 0:
+    if type(key) is not int or not 0 <= key <= max_key:
         raise RequestValidationError(
             [
                 {

@@ -1,8 +1,8 @@
 """The example resource: create, read, list, update and delete items."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 from sqlalchemy import RowMapping, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,7 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..deps import ReadSessionDep, SessionDep
 from ..models import Item
 from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
-from ..schemas import ItemCreate, ItemPage, ItemRead, ItemUpdate, error_responses
+from ..schemas import (
+    BODY_ERRORS,
+    INT32_MAX,
+    ItemCreate,
+    ItemPage,
+    ItemRead,
+    ItemUpdate,
+    error_responses,
+)
 
 # Read paths select plain columns (no ORM identity map or object loading) and let FastAPI
 # validate the rows once against the route's response_model.
@@ -18,6 +26,8 @@ ITEM_COLUMNS = select(*Item.__table__.columns)
 ITEM_BY_ID = ITEM_COLUMNS.where(Item.id == bindparam("item_id"))
 
 router = APIRouter(prefix="/items", tags=["items"])
+
+ItemId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
 NOT_FOUND = error_responses(status.HTTP_404_NOT_FOUND)
 CONFLICT = error_responses(status.HTTP_409_CONFLICT)
@@ -40,7 +50,7 @@ async def _flush_or_409(session: AsyncSession, name: str) -> None:
         ) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=CONFLICT)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
 async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
     item = Item(**body.model_dump())
     session.add(item)
@@ -63,15 +73,15 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
-async def get_item(item_id: int, session: ReadSessionDep) -> RowMapping:
+async def get_item(item_id: ItemId, session: ReadSessionDep) -> RowMapping:
     row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
     return row
 
 
-@router.patch("/{item_id}", responses=NOT_FOUND | CONFLICT)
-async def update_item(item_id: int, body: ItemUpdate, session: SessionDep) -> ItemRead:
+@router.patch("/{item_id}", responses=BODY_ERRORS | NOT_FOUND | CONFLICT)
+async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) -> ItemRead:
     item = await _get_or_404(session, item_id)
     changes = body.model_dump(exclude_unset=True)
     for field, value in changes.items():
@@ -81,5 +91,5 @@ async def update_item(item_id: int, body: ItemUpdate, session: SessionDep) -> It
 
 
 @router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_item(item_id: int, session: SessionDep) -> None:
+async def delete_item(item_id: ItemId, session: SessionDep) -> None:
     await session.delete(await _get_or_404(session, item_id))
