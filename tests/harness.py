@@ -80,6 +80,7 @@ COMMON_FILES = [
     "src/{pkg}/db.py",
     "src/{pkg}/deps.py",
     "src/{pkg}/errors.py",
+    "src/{pkg}/features.py",
     "src/{pkg}/logs.py",
     "src/{pkg}/middleware.py",
     "src/{pkg}/models.py",
@@ -155,6 +156,8 @@ ALL_COMBOS = [Combo(db, feats) for db in DATABASES for feats in feature_subsets(
 ]
 # Files of the Redis queue; none of them without it.
 QUEUE_FILES = ["src/{pkg}/queue.py", "src/{pkg}/worker.py"]
+# The in-process runner: rendered with background tasks unless the Redis queue runs them.
+INPROCESS_FILES = ["src/{pkg}/runner.py"]
 QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
 
 

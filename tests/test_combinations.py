@@ -17,6 +17,7 @@ from .harness import (
     FEATURE_FILES,
     FEATURE_TRACES,
     FEATURES,
+    INPROCESS_FILES,
     LEFTOVER_JINJA,
     QUEUE_FILES,
     QUEUE_TRACES,
@@ -44,6 +45,8 @@ def check_files(project: Path, combo: Combo) -> None:
     for feature, files in FEATURE_FILES.items():
         (expected if feature in combo.features else absent).update(files)
     (expected if combo.redis_queue else absent).update(QUEUE_FILES)
+    in_process = "background_tasks" in combo.features and not combo.redis_queue
+    (expected if in_process else absent).update(INPROCESS_FILES)
     for name in sorted(expected):
         assert (project / name.format(pkg=combo.package)).is_file(), f"missing {name}"
     for name in sorted(absent):

@@ -1,27 +1,16 @@
-"""``Annotated`` dependency aliases: the only way handlers reach the app's resources."""
+"""``Annotated`` dependency aliases of the app's core resources (settings, sessions).
+
+An optional feature's aliases live in its own module, next to what they provide.
+"""
 
 from typing import Annotated
 
-{% if use_http_client %}
-import httpx2
-{% endif %}
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import ReadSession, get_read_session, get_session, get_sessionmaker
-{% if use_http_client %}
-from .http import get_http_client
-{% endif %}
-{% if use_redis_queue %}
-from .queue import JobRunner, get_job_runner
-{% elif use_background_tasks %}
-from .jobs import JobRunner, get_job_runner
-{% endif %}
 from .settings import Settings
 from .state import app_resource
-{% if use_uploads %}
-from .storage import Storage, get_storage
-{% endif %}
 
 
 async def get_settings(request: Request) -> Settings:
@@ -34,12 +23,3 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 # For handlers that only read: no COMMIT round trip (see db.ReadSession); writes are refused.
 ReadSessionDep = Annotated[ReadSession, Depends(get_read_session, scope="function")]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
-{% if use_http_client %}
-HttpClientDep = Annotated[httpx2.AsyncClient, Depends(get_http_client)]
-{% endif %}
-{% if use_uploads %}
-StorageDep = Annotated[Storage, Depends(get_storage)]
-{% endif %}
-{% if use_background_tasks %}
-JobRunnerDep = Annotated[JobRunner, Depends(get_job_runner)]
-{% endif %}

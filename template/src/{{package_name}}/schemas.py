@@ -1,8 +1,5 @@
 """Pydantic request and response models."""
 
-{% if use_uploads or use_background_tasks %}
-import uuid
-{% endif %}
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -101,51 +98,3 @@ class ItemPage(BaseModel):
 class HealthStatus(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
-{% if use_http_client %}
-
-
-class UpstreamResult(BaseModel):
-    """What the example upstream route returns: the upstream's status and JSON body."""
-
-    upstream_status: int
-    data: object
-{% endif %}
-{% if use_uploads %}
-
-
-class UploadRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    filename: str
-    content_type: str
-    size: int
-    sha256: str
-    created_at: datetime
-{% endif %}
-{% if use_background_tasks %}
-
-
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
-
-
-class WordCountJob(BaseModel):
-    """Payload of the example job: count the words of a text, optionally after a pause."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    # 50,000 characters fit the 1 MiB JSON body limit however they are escaped (12 bytes for
-    # a character outside the BMP), so a valid body is never a 413.
-    text: str = Field(max_length=50_000)
-    delay_seconds: float = Field(default=0.0, ge=0, le=60)
-
-
-class JobRead(BaseModel):
-    id: uuid.UUID
-    kind: str
-    status: JobStatus
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    created_at: datetime
-    updated_at: datetime
-{% endif %}
