@@ -8,6 +8,7 @@ also covers what only a real server does (uvicorn's HTTP parsing, concurrent con
 the app's own sessions and job runner instead of the test fixtures').
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -60,7 +61,11 @@ def test_served_app_keeps_its_contract(database: str, tmp_path: Path) -> None:
     }
     server = None
     try:
-        run(uv("run", "--no-sync", "alembic", "upgrade", "heads"), project, env=env)
+        migrate = uv("run", "--no-sync", "alembic", "upgrade", "heads")
+        migrated = run(migrate, project, env={**env, f"{prefix}_LOG_LEVEL": "info"})
+        # The migration command logs like the app: JSON lines.
+        logged = [json.loads(line) for line in migrated.stderr.splitlines() if line[:1] == "{"]
+        assert any(line["logger"].startswith("alembic") for line in logged), migrated.stderr
         server = subprocess.Popen(
             [str(project / ".venv/bin/python"), "-m", combo.package], cwd=project, env=env
         )

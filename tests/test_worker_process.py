@@ -1,6 +1,7 @@
 """The Redis queue end to end, as deployed: the API and `python -m <pkg>.worker` as real
 processes, a real Redis, a job posted over HTTP and run by the worker."""
 
+import json
 import os
 import signal
 import subprocess
@@ -41,9 +42,14 @@ def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
     run(uv("run", "--no-sync", "alembic", "upgrade", "heads"), project, env=env)
     python = str(project / ".venv/bin/python")
     api = subprocess.Popen([python, "-m", combo.package], cwd=project, env=env)
-    worker = subprocess.Popen(
-        [python, "-m", f"{combo.package}.worker", "--workers", "1"], cwd=project, env=env
-    )
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as log:
+        worker = subprocess.Popen(
+            [python, "-m", f"{combo.package}.worker", "--workers", "1"],
+            cwd=project,
+            env={**env, f"{prefix}_LOG_LEVEL": "info"},
+            stderr=log,
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/health/ready", time.monotonic() + 60)
@@ -69,6 +75,13 @@ def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
         )
     assert worker.returncode == 0
     assert redis_keys(project, queue) == []
+    # The worker logs like the API: JSON lines; a job's lines carry its id.
+    lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.strip()]
+    job_lines = [line for line in lines if line.get("job_id") == job["id"]]
+    assert [line["message"] for line in job_lines] == [
+        "job word_count started",
+        "job word_count succeeded",
+    ], lines
 
 
 DELETE_KEYS = """
