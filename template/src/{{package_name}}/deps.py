@@ -10,11 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import ReadSession, get_read_session, get_session, get_sessionmaker
 from .settings import Settings
-from .state import app_resource
+from .state import AppResource
+
+SETTINGS = AppResource("settings", Settings)
 
 
 async def get_settings(request: Request) -> Settings:
-    return app_resource(request, "settings", Settings)
+    return SETTINGS.get(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
