@@ -1,16 +1,18 @@
 """copier.yml: bad answers fail clearly and write nothing; derived names; the secret."""
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import answers, render
+from .harness import BIN, answers, render
 
 BAD_ANSWERS = [
     ({"package_name": "1bad-name"}, "package_name", "lowercase Python identifier"),
     ({"package_name": "fastapi"}, "package_name", "clashes"),
     ({"package_name": "class"}, "package_name", "clashes"),
+    ({"package_name": "a" * 33}, "package_name", "at most 32"),
     ({"project_slug": "Bad Slug"}, "project_slug", "kebab-case"),
     ({"project_slug": "double--dash"}, "project_slug", "kebab-case"),
     ({"project_name": "   "}, "project_name", "must not be empty"),
@@ -41,6 +43,32 @@ def test_names_derive_from_the_project_name(tmp_path: Path) -> None:
     assert (project / "src/order_service_v2/app.py").is_file()
     assert "ORDER_SERVICE_V2_SECRET_KEY=" in (project / ".env").read_text()
     assert 'name = "order-service-v2"' in (project / "pyproject.toml").read_text()
+
+
+# Every combination is rendered with a middling name elsewhere; the extremes go here: a name
+# changes line lengths, so ruff could wrap (long) or join (short) what the template wrote.
+@pytest.mark.parametrize("package_name", ["a", "a" * 32])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"database": "postgresql"},
+        {"database": "mysql", "features": ["background_tasks"], "task_queue": "redis"},
+    ],
+    ids=["all-features", "redis-queue"],
+)
+def test_shortest_and_longest_package_names_are_lint_clean(
+    tmp_path: Path, package_name: str, data: dict[str, Any]
+) -> None:
+    project = render(tmp_path / "p", {"package_name": package_name, **data})
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [str(BIN / "ruff"), *command, "--no-cache", "."],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_each_render_gets_its_own_secret_only_in_env(tmp_path: Path) -> None:
