@@ -32,8 +32,15 @@ async def test_get_returns_what_was_created(client: httpx2.AsyncClient) -> None:
     assert response.json() == item
 
 
-async def test_get_missing_is_404(client: httpx2.AsyncClient) -> None:
-    response = await client.get("/items/999999")
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", None), ("PATCH", {"description": "x"}), ("DELETE", None)],
+    ids=["get", "update", "delete"],
+)
+async def test_missing_item_is_404_naming_it(
+    client: httpx2.AsyncClient, method: str, body: dict[str, Any] | None
+) -> None:
+    response = await client.request(method, "/items/999999", json=body)
     assert response.status_code == 404
     assert response.json()["detail"] == "item 999999 not found"
 
@@ -184,17 +191,8 @@ async def test_update_with_null_name_is_422(client: httpx2.AsyncClient) -> None:
     assert response.json()["errors"][0]["loc"] == ["body", "name"]
 
 
-async def test_update_missing_is_404(client: httpx2.AsyncClient) -> None:
-    response = await client.patch("/items/999999", json={"description": "x"})
-    assert response.status_code == 404
-
-
 async def test_delete_removes_the_item(client: httpx2.AsyncClient) -> None:
     item = await create(client)
     response = await client.delete(f"/items/{item['id']}")
     assert response.status_code == 204
     assert (await client.get(f"/items/{item['id']}")).status_code == 404
-
-
-async def test_delete_missing_is_404(client: httpx2.AsyncClient) -> None:
-    assert (await client.delete("/items/999999")).status_code == 404
