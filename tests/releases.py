@@ -9,7 +9,9 @@ One module for every reader: the update tests and ``bench/`` tag a temporary clo
 
     python -m tests.releases plan --before SHA --after SHA [--github-output FILE]
 
-which needs only git, the standard library and ``packaging`` (the ``release`` dependency group).
+and a maintainer lists the tags that releases made before the workflow lack with
+``python -m tests.releases missing-tags``. Both need only git, the standard library and
+``packaging`` (the ``release`` dependency group).
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ def releases(repo: Path = ROOT) -> list[Release]:
     return sorted(found, key=lambda release: release.version)
 
 
+def untagged_releases(repo: Path = ROOT) -> list[Release]:
+    """Releases in CHANGELOG.md whose tag the repository does not have."""
+    existing = set(git("tag", "--list", cwd=repo).split())
+    return [release for release in releases(repo) if release.tag not in existing]
+
+
 def tagged_clone(dst: Path, src: Path = ROOT) -> tuple[Path, list[Release]]:
     """Clone the template (work in progress included, as one extra commit) and tag releases.
 
@@ -170,9 +178,9 @@ def tagged_clone(dst: Path, src: Path = ROOT) -> tuple[Path, list[Release]]:
             cwd=dst,
         )
     found = releases(dst)
-    existing = set(git("tag", "--list", cwd=dst).split())
+    untagged = untagged_releases(dst)
     for release in found:
-        if release.tag not in existing:
+        if release in untagged:
             git("tag", release.tag, release.commit, cwd=dst)
         elif (tagged := git("rev-list", "-n", "1", release.tag, cwd=dst)) != release.commit:
             msg = (
@@ -247,7 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     plan_cmd.add_argument("--after", required=True, help="the pushed commit (tested by CI)")
     plan_cmd.add_argument("--repo", type=Path, default=Path.cwd())
     plan_cmd.add_argument("--github-output", type=Path, help="append the plan to this file")
+    missing = commands.add_parser(
+        "missing-tags", help="print a `git tag` command for each release without its tag"
+    )
+    missing.add_argument("--repo", type=Path, default=Path.cwd())
     args = parser.parse_args(argv)
+
+    if args.command == "missing-tags":
+        for release in untagged_releases(args.repo):
+            print(f"git tag {release.tag} {release.commit}")
+        return 0
 
     try:
         plan = plan_push(args.before, args.after, args.repo)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -152,6 +157,14 @@ def test_push_whose_head_did_not_add_the_heading_is_refused(repo: Path) -> None:
         plan_push(before, after, repo)
 
 
+def test_missing_tags_names_each_untagged_release_once(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["missing-tags", "--repo", str(repo)]) == 0
+    first = releases(repo)[0]
+    assert capsys.readouterr().out == f"git tag v0.1.0 {first.commit}\n"
+
+
 def test_first_push_of_a_branch_compares_with_the_parent(repo: Path) -> None:
     after = commit(repo, changelog(NEW, OLD), "release 0.3.0")
     assert plan_push("0" * 40, after, repo).version == Version("0.3.0")
@@ -227,14 +240,65 @@ def test_the_plan_step_runs_the_shared_release_code() -> None:
     assert "--only-group release" in run
 
 
-def test_tags_are_created_never_moved() -> None:
+def publish(
+    tmp_path: Path, refs: dict[str, str], releases_: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run the publish step's script as GitHub would, with the fake ``gh`` on PATH."""
     (step,) = load("release.yml")["jobs"]["publish"]["steps"]
-    run = step["run"]
-    # Creating a ref through the API fails when it exists; nothing forces, deletes or moves.
-    assert '"repos/$GITHUB_REPOSITORY/git/refs"' in run
-    assert "--verify-tag" in run
-    for forbidden in ("--force", "force=", "DELETE", "PATCH"):
-        assert forbidden not in run
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    gh = bin_dir / "gh"
+    gh.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "fake_gh.py"}" "$@"\n'
+    )
+    gh.chmod(0o755)
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"refs": refs, "releases": releases_, "calls": []}))
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_GH_STATE": str(state),
+        "GITHUB_REPOSITORY": "org/template",
+        "RUNNER_TEMP": str(tmp_path),
+        "GH_TOKEN": "token",
+        "TAG": "v0.3.0",
+        "COMMIT": "a" * 40,
+        "NOTES": "Faster renders.\n\n### Added\n- a release workflow",
+    }
+    result = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result, json.loads(state.read_text())
+
+
+def posts(state: dict[str, Any]) -> list[list[str]]:
+    return [call for call in state["calls"] if "POST" in call]
+
+
+def test_publish_creates_the_tag_and_the_release(tmp_path: Path) -> None:
+    result, state = publish(tmp_path, {"v0.2.0": "b" * 40}, {"v0.2.0": "old"})
+    assert result.returncode == 0, result.stderr
+    assert state["refs"] == {"v0.2.0": "b" * 40, "v0.3.0": "a" * 40}
+    assert state["releases"]["v0.3.0"] == "Faster renders.\n\n### Added\n- a release workflow\n"
+
+
+def test_publish_rerun_finds_its_own_tag_and_only_adds_the_release(tmp_path: Path) -> None:
+    result, state = publish(tmp_path, {"v0.3.0": "a" * 40}, {})
+    assert result.returncode == 0, result.stderr
+    assert posts(state) == []
+    assert "v0.3.0" in state["releases"]
+    result, state = publish(tmp_path, {"v0.3.0": "a" * 40}, {"v0.3.0": "notes"})
+    assert result.returncode == 0, result.stderr
+    assert [call[:2] for call in state["calls"]][1:] == [["release", "view"]]
+
+
+def test_publish_never_moves_a_tag(tmp_path: Path) -> None:
+    result, state = publish(tmp_path, {"v0.3.0": "c" * 40}, {})
+    assert result.returncode == 1
+    assert f"::error title=Release refused::tag v0.3.0 is on {'c' * 40}" in result.stdout
+    assert state["refs"] == {"v0.3.0": "c" * 40}
+    assert posts(state) == []
+    assert state["releases"] == {}
 
 
 @pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.yml")), ids=lambda p: p.name)
