@@ -399,5 +399,5 @@ def test_worker_runs_the_queue(project: Rendered) -> None:
     assert (project.root / f"src/{project.combo.package}/worker.py").is_file()
     options = dict(arg.removeprefix("--").split("=", 1) for arg in command[3:])
     assert int(options["workers"]) == math.ceil(cpu_cores(container["resources"]["limits"]["cpu"]))
-    wait = float(options["wait-tasks-timeout"]) + float(options["shutdown-timeout"])
+    wait = float(options.get("wait-tasks-timeout", 0)) + float(options["shutdown-timeout"])
     assert spec["terminationGracePeriodSeconds"] > wait
