@@ -69,6 +69,10 @@ COMMON_FILES = [
     "Dockerfile",
     "alembic.ini",
     "compose.yaml",
+    "deploy/k8s/configmap.yaml",
+    "deploy/k8s/deployment.yaml",
+    "deploy/k8s/kustomization.yaml",
+    "deploy/k8s/service.yaml",
     "pyproject.toml",
     "schemathesis.toml",
     "migrations/env.py",
@@ -155,7 +159,7 @@ ALL_COMBOS = [Combo(db, feats) for db in DATABASES for feats in feature_subsets(
     if "background_tasks" in feats and (feats == FEATURES or db == "sqlite")
 ]
 # Files of the Redis queue; none of them without it.
-QUEUE_FILES = ["src/{pkg}/queue.py", "src/{pkg}/worker.py"]
+QUEUE_FILES = ["src/{pkg}/queue.py", "src/{pkg}/worker.py", "deploy/k8s/worker-deployment.yaml"]
 # The in-process runner: rendered with background tasks unless the Redis queue runs them.
 INPROCESS_FILES = ["src/{pkg}/runner.py"]
 QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
