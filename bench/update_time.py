@@ -1,6 +1,6 @@
 """Whole-process time of ``copier update`` across one release, all-features project.
 
-    .venv/bin/python bench/update_time.py [--runs 7]
+    uv run python bench/update_time.py [--runs 7]
 
 Renders the newest release before HEAD (tagged in a temporary clone, as the update tests
 do), commits it, then times ``copier update --defaults --vcs-ref HEAD`` on fresh copies.
@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.harness import BIN, render  # noqa: E402
-from tests.releases import git, tagged_clone  # noqa: E402
+from harness import render, run
+from tests.releases import git, tagged_clone
 
 
 def main() -> None:
@@ -47,22 +42,15 @@ def main() -> None:
         git("add", "-A", cwd=base)
         git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "render", cwd=base)
 
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
         seconds = []
-        for run in range(1, args.runs + 1):
-            project = work / f"run-{run}"
+        for number in range(1, args.runs + 1):
+            project = work / f"run-{number}"
             shutil.copytree(base, project, symlinks=True)
             started = time.perf_counter()
-            subprocess.run(
-                ["copier", "update", "--defaults", "--quiet", "--vcs-ref", "HEAD"],
-                cwd=project,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            run(["copier", "update", "--defaults", "--quiet", "--vcs-ref", "HEAD"], project)
             seconds.append(time.perf_counter() - started)
             changed = git("status", "--porcelain", cwd=project).count("\n") + 1
-            print(f"run {run}: {seconds[-1]:.2f} s ({changed} paths changed)")
+            print(f"run {number}: {seconds[-1]:.2f} s ({changed} paths changed)")
 
     figures = {
         "from": release.tag,

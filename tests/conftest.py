@@ -1,11 +1,23 @@
 """Shared fixtures of the template's tests, and a summary of per-combination timings."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import pytest
 
-from .harness import Timings
+from harness import StepFailed
+
+from .checks import Timings
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """A failed command fails its test with the command and its output, not a traceback."""
+    try:
+        return (yield)
+    except StepFailed as exc:
+        failure = str(exc)
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from .harness import ROOT
+from harness import ROOT
 
 HEADING = re.compile(r"^## (\d+\.\d+\.\d+)\b", re.MULTILINE)
 

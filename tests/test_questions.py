@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from .harness import answers, render
+from harness import answers, render
 
 BAD_ANSWERS = [
     ({"package_name": "1bad-name"}, "package_name", "lowercase Python identifier"),

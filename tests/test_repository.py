@@ -2,7 +2,7 @@
 
 import re
 
-from .harness import BIN, ROOT, run
+from harness import BIN, ROOT, run
 
 WORKFLOW = ROOT / ".github/workflows/template.yml"
 
