@@ -1,8 +1,10 @@
-"""Shared helpers for the template's benchmarks: render, databases, serve, load with wrk.
+"""What the template's benchmarks share beyond ``harness.py``: rendered projects with their
+settings, databases, serving the app as shipped, loading it with wrk, repeated runs, figures.
 
-Runs with the template's dev environment (copier, uv). Code that must run inside a rendered
-project (drivers) lives in ``_dbtool.py`` and ``raw_app.py`` and is started with the rendered
-project's own Python.
+Runs with the template's dev environment (copier, uv); rendering, commands and serving come
+from ``harness.py`` at the repository's root (shared with the tests). Code that must run inside
+a rendered project (drivers) lives in ``_dbtool.py`` and ``raw_app.py`` and is started with the
+rendered project's own Python.
 """
 
 from __future__ import annotations
@@ -14,36 +16,25 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import copier
 import yaml
-from copier.errors import DirtyLocalWarning
 
-if TYPE_CHECKING:
-    from tests.releases import Release
+import harness
+from harness import HOST, ROOT, UV, free_port, serve, tool_env
+from harness import StepFailed as BenchError  # a step failed: its message says which
+from tests.releases import Release, git, releases
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent  # the template's dev environment: uv, copier
-UV = BIN / "uv"
 DBTOOL = BENCH / "_dbtool.py"
 RANDOM_PATHS = BENCH / "random_paths.lua"
-PYENV_VERSIONS = "3.11.7:3.12.1:3.13.0"
-HOST = "127.0.0.1"
 # Server URLs without a database; a benchmark's own database is created under them.
 ADMIN_URLS = {
     "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/",
@@ -52,7 +43,6 @@ ADMIN_URLS = {
 RENDER_TIMEOUT = 120.0
 SYNC_TIMEOUT = 600.0
 DB_TIMEOUT = 180.0
-STOP_GRACE = 10.0
 # Every load: wrk with 2 threads, an unmeasured warm-up, then the measured run.
 THREADS = 2
 WARMUP_SECONDS = 3.0
@@ -63,27 +53,6 @@ QUIET_LOAD_PER_CPU = 0.25
 QUIET_LOGS = {"LOG_LEVEL": "warning"}
 
 
-class BenchError(RuntimeError):
-    """A step of a benchmark failed; the message says which and shows its output."""
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for uv and rendered projects: pyenv Pythons, no downloads."""
-    env = dict(os.environ)
-    env.pop("VIRTUAL_ENV", None)  # the dev venv is not the rendered project's
-    env.setdefault("PYENV_VERSION", PYENV_VERSIONS)
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    env.update(extra or {})
-    return env
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
 def run(
     cmd: Sequence[str | Path],
     *,
@@ -91,24 +60,8 @@ def run(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> str:
-    """Run ``cmd`` to completion within ``timeout`` seconds; return stdout, raise on failure."""
-    argv = [str(part) for part in cmd]
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"timed out after {timeout:.0f}s: {' '.join(argv)}") from None
-    if done.returncode != 0:
-        output = _tail(done.stdout + "\n" + done.stderr)
-        raise BenchError(f"exit {done.returncode}: {' '.join(argv)}\n{output}")
-    return done.stdout
+    """``harness.run`` within ``timeout`` seconds; its stdout (BenchError on failure)."""
+    return harness.run(cmd, cwd, env=env, timeout=timeout).stdout
 
 
 @contextlib.contextmanager
@@ -203,19 +156,18 @@ def render(data: Mapping[str, Any], dst: Path, ref: str = "HEAD") -> Project:
     ``HEAD`` includes the working tree's uncommitted changes; a commit is rendered as it is.
     """
     global _dirty_noted  # say it once per run
-    with warnings.catch_warnings(record=True) as caught, time_limit(RENDER_TIMEOUT, "copier"):
-        warnings.simplefilter("always", DirtyLocalWarning)
-        copier.run_copy(str(ROOT), dst, data=dict(data), defaults=True, vcs_ref=ref, quiet=True)
-    if not _dirty_noted and any(issubclass(w.category, DirtyLocalWarning) for w in caught):
+    if ref == "HEAD" and not _dirty_noted and git("status", "--porcelain"):
         _dirty_noted = True
-        print(f"note: {ROOT} has uncommitted changes; copier rendered them too", flush=True)
+        print(f"note: {ROOT} has uncommitted changes; copier renders them too", flush=True)
+    with time_limit(RENDER_TIMEOUT, "copier"):
+        harness.render(dst, data, vcs_ref=ref)
     answers = yaml.safe_load((dst / ".copier-answers.yml").read_text())
     return Project(path=dst, answers=answers)
 
 
 def sync(project: Project, python: str = "3.13") -> None:
     """``uv sync`` the project; make sure uvicorn's fast loop and parser are there."""
-    run([UV, "sync", "--python", python], cwd=project.path, env=tool_env(), timeout=SYNC_TIMEOUT)
+    harness.sync(project.path, python, timeout=SYNC_TIMEOUT)
     probe = "import uvloop, httptools"
     try:
         run([project.python, "-c", probe], timeout=60)
@@ -242,9 +194,6 @@ def previous_release() -> Release:
 
     Found as the template's update tests find releases (``tests/releases.py``).
     """
-    sys.path.insert(0, str(ROOT))
-    from tests.releases import git, releases
-
     head = git("rev-parse", "HEAD")
     older = [release for release in releases() if release.commit != head]
     if not older:
@@ -307,90 +256,6 @@ def fill_items(project: Project, database_url: str, rows: int) -> str:
 
 
 # --- serving --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET ``url``; returns (status, body), error statuses included."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it has not exited in time."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_GRACE)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group (workers)
-    process.wait(timeout=STOP_GRACE)
-
-
-def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"server exited ({process.returncode}):\n{_tail(log.read_text())}")
-        try:
-            status, body = http_get(url, timeout=2.0)
-        except (OSError, urllib.error.URLError) as exc:
-            last = repr(exc)
-        else:
-            if status == 200:
-                return
-            last = f"{status} {body[:200]!r}"
-        time.sleep(0.2)
-    raise BenchError(f"{url} not ready after {timeout:.0f}s ({last}):\n{_tail(log.read_text())}")
-
-
-@contextlib.contextmanager
-def serve(
-    cmd: Sequence[str | Path],
-    env: Mapping[str, str],
-    port: int,
-    *,
-    cwd: Path | None = None,
-    ready_path: str = "/health/ready",
-    timeout: float = 60.0,
-    log: Path | None = None,
-) -> Iterator[str]:
-    """Start a server, wait until ``ready_path`` answers 200, yield its base URL, stop it.
-
-    The server runs in its own process group, so stopping it stops its workers too; its
-    output goes to ``log`` (kept for the caller to read) or else to a temporary file, and is
-    shown when it fails to start.
-    """
-    base = f"http://{HOST}:{port}"
-    with contextlib.ExitStack() as stack:
-        if log is None:
-            log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-log-")))
-            log = log / "server.log"
-        handle = stack.enter_context(log.open("wb"))
-        process = subprocess.Popen(
-            [str(part) for part in cmd],
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_ready(process, base + ready_path, timeout, log)
-            yield base
-        finally:
-            _stop(process)
 
 
 @dataclass(frozen=True)

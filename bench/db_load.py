@@ -47,8 +47,6 @@ from _common import (
     comma_choices,
     ensure_wrk,
     for_each_backend,
-    free_port,
-    http_get,
     load,
     main_with_cleanup,
     previous_release,
@@ -58,12 +56,12 @@ from _common import (
     repeat,
     run_bench,
     seed_items,
-    serve,
     serve_app,
     temp_database,
-    tool_env,
     write_suffixes,
 )
+
+from harness import free_port, http_get, serve, tool_env
 
 if TYPE_CHECKING:
     from tests.releases import Release

@@ -36,7 +36,6 @@ from _common import (
     alembic_upgrade,
     check_line,
     ensure_wrk,
-    http_get,
     main_with_cleanup,
     ranged,
     rendered_project,
@@ -46,6 +45,8 @@ from _common import (
     temp_database,
     wrk,
 )
+
+from harness import http_get
 
 DATA = {"project_name": "Bench Service", "database": "sqlite"}  # features: the default (all)
 PATH = "/health/live"

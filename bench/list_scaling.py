@@ -41,7 +41,6 @@ from _common import (
     ensure_wrk,
     fill_items,
     for_each_backend,
-    http_get,
     load,
     main_with_cleanup,
     probe,
@@ -53,6 +52,8 @@ from _common import (
     temp_database,
     write_suffixes,
 )
+
+from harness import http_get
 
 BACKENDS = ("sqlite", "postgresql", "mysql")
 DATA = {"project_name": "Bench Service"}  # every other answer: the template's default

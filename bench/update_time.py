@@ -1,6 +1,6 @@
 """Whole-process time of ``copier copy`` and of ``copier update`` across one release, all features.
 
-    .venv/bin/python bench/update_time.py [--runs 7] [--render-runs 9]
+    uv run python bench/update_time.py [--runs 7] [--render-runs 9]
 
 Tags a temporary clone of the template (work in progress included, as the update tests do).
 
@@ -32,11 +32,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.harness import BIN, render  # noqa: E402
-from tests.releases import Release, git, tagged_clone  # noqa: E402
+from harness import BIN, render
+from tests.releases import Release, git, tagged_clone
 
 RENDER_GOAL_CPU_S = 0.7
 UPDATE_GOAL_S = 2.5

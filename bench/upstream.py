@@ -50,8 +50,6 @@ from _common import (
     check_line,
     comma_choices,
     ensure_wrk,
-    free_port,
-    http_get,
     main_with_cleanup,
     probe,
     proc_cpu_seconds,
@@ -60,14 +58,14 @@ from _common import (
     repeat,
     run,
     run_bench,
-    serve,
     serve_app,
     server_pid,
     sync,
     temp_database,
-    tool_env,
     wrk,
 )
+
+from harness import free_port, http_get, serve, tool_env
 
 CLIENTS = ("httpx", "httpx2")
 SHIPPED_CLIENT = "httpx2"

@@ -1,41 +1,62 @@
-"""Every database x feature combination: render, files, answers, lint, types, own suite.
+"""Every option combination rendered and checked; a pairwise covering set of them built fully.
 
-Each combination is one test (one progress line). The rendered suite runs against the
-real local server of its backend (PostgreSQL, MariaDB), never a mock.
+Cheap checks, on every combination (``harness.all_combos``): render, files present and
+absent, no trace of what is off, answers and secret, ruff check and ruff format --check
+(the dev environment's ruff: no ``uv sync``). Full checks, on the combinations of
+``harness.covering_combos`` (every pair of option values appears in at least one of them,
+the defaults and the everything-off render among them): the above, plus the deploy files,
+``uv sync``, the project's own ruff and ``mypy --strict``, and its suite in a random order
+with added job tests, its contract test included, against the real local servers.
 """
 
 import random
-import time
+from itertools import combinations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from .harness import (
-    ALL_COMBOS,
+from harness import (
+    DEFAULTS,
+    EVERYTHING_OFF,
+    FACTORS,
+    FEATURES,
+    PYTHONS,
+    QUEUES,
+    ROOT,
+    STORAGES,
+    Combo,
+    all_combos,
+    answers,
+    covering_combos,
+    render,
+    rendered_files,
+    sync,
+    value_pairs,
+)
+
+from .checks import (
     COMMON_FILES,
     DRIVERS,
     FEATURE_FILES,
     FEATURE_TRACES,
-    FEATURES,
     INPROCESS_FILES,
     LEFTOVER_JINJA,
+    LOCAL_STORAGE_FILES,
+    LOCAL_STORAGE_TRACES,
     QUEUE_FILES,
     QUEUE_TRACES,
-    Combo,
+    S3_FILES,
+    S3_TRACES,
     Timings,
-    answers,
     check_deploy_files,
     lint,
     passed_count,
     redis_keys,
-    render,
-    rendered_files,
     require_server,
-    run,
+    ruff,
     run_suite,
     server_databases,
-    sync,
-    uv,
 )
 
 
@@ -47,6 +68,9 @@ def check_files(project: Path, combo: Combo) -> None:
     (expected if combo.redis_queue else absent).update(QUEUE_FILES)
     in_process = "background_tasks" in combo.features and not combo.redis_queue
     (expected if in_process else absent).update(INPROCESS_FILES)
+    (expected if combo.s3_uploads else absent).update(S3_FILES)
+    local = "uploads" in combo.features and not combo.s3_uploads
+    (expected if local else absent).update(LOCAL_STORAGE_FILES)
     for name in sorted(expected):
         assert (project / name.format(pkg=combo.package)).is_file(), f"missing {name}"
     for name in sorted(absent):
@@ -80,6 +104,10 @@ def check_no_traces(project: Path, combo: Combo) -> None:
     banned += [driver for db, driver in DRIVERS.items() if db != combo.database]
     if not combo.redis_queue:
         banned += QUEUE_TRACES
+    if not combo.s3_uploads:
+        banned += S3_TRACES
+    if "uploads" in combo.features and combo.s3_uploads:
+        banned += LOCAL_STORAGE_TRACES
     for path in rendered_files(project):
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(project)
@@ -98,6 +126,9 @@ def check_answers(project: Path, combo: Combo) -> None:
         if key == "task_queue" and "background_tasks" not in combo.features:
             assert key not in recorded  # not asked without background tasks
             continue
+        if key == "upload_storage" and "uploads" not in combo.features:
+            assert key not in recorded  # not asked without uploads
+            continue
         assert recorded[key] == value, key
     assert recorded["_src_path"]
     assert "secret_key" not in recorded
@@ -111,21 +142,38 @@ def check_answers(project: Path, combo: Combo) -> None:
             assert secret not in path.read_text(encoding="utf-8"), f"secret leaked to {path}"
 
 
-@pytest.mark.parametrize("combo", ALL_COMBOS, ids=lambda c: c.id)
-def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Timings) -> None:
-    if combo.database != "sqlite":
-        require_server(combo.database)
-    if combo.redis_queue:
-        require_server("redis")
-    started = time.perf_counter()
-    project = render(tmp_path / "project", combo.data())
-    timings.add("render", time.perf_counter() - started)
+def check_render(project: Path, combo: Combo) -> None:
     check_files(project, combo)
     check_no_traces(project, combo)
     check_answers(project, combo)
 
+
+@pytest.mark.parametrize("combo", all_combos(), ids=lambda c: c.id)
+def test_render(combo: Combo, tmp_path: Path) -> None:
+    """Cheap checks: what the render holds and ruff, without installing the project."""
+    project = render(tmp_path / "project", combo.data())
+    check_render(project, combo)
+    ruff(project)
+
+
+@pytest.mark.parametrize("combo", covering_combos(), ids=lambda c: c.id)
+def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Timings) -> None:
+    """Full checks: installed, linted, type-checked, and its own suite run."""
+    if combo.database != "sqlite":
+        require_server(combo.database)
+    if combo.redis_queue:
+        require_server("redis")
+    if combo.s3_uploads:
+        require_server("s3")
+    with timings.step("render"):
+        project = render(tmp_path / "project", combo.data())
+    check_render(project, combo)
+
     check_deploy_files(project, timings)
-    sync(project, combo.python, timings)
+    with timings.step("uv sync"):
+        sync(project, combo.python)
+    config = (project / ".venv/pyvenv.cfg").read_text()
+    assert f"version_info = {combo.python}." in config or f"version = {combo.python}." in config
     lint(project, mypy_cache, timings)
     if "background_tasks" in combo.features:
         (project / "tests" / "test_user_jobs.py").write_text(USER_JOB_TESTS)
@@ -147,6 +195,56 @@ def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Ti
         assert redis_keys(project, combo.package) == [], "the suite left keys in Redis"
 
 
+def test_factors_are_the_questions_choices() -> None:
+    """The combinations are built from copier.yml's choices: a new option value is covered."""
+    questions = yaml.safe_load((ROOT / "copier.yml").read_text())
+
+    def choices(name: str) -> tuple[str, ...]:
+        listed = questions[name]["choices"]
+        return tuple(sorted(listed.values() if isinstance(listed, dict) else listed))
+
+    assert choices("database") == tuple(sorted(FACTORS["database"]))
+    assert choices("python_version") == tuple(sorted(PYTHONS))
+    assert choices("features") == tuple(sorted(FEATURES))
+    assert choices("task_queue") == tuple(sorted(QUEUES))
+    assert choices("upload_storage") == tuple(sorted(STORAGES))
+    assert tuple(questions["features"]["default"]) == DEFAULTS.features
+    assert questions["python_version"]["default"] == DEFAULTS.python
+    assert questions["database"]["default"] == DEFAULTS.database
+
+
+def test_every_valid_combination_gets_cheap_checks() -> None:
+    combos = all_combos()
+    ids = [combo.id for combo in combos]
+    assert len(set(ids)) == len(ids), "two combinations share an id"
+    # Every subset of features on every database and Python; jobs on either queue, uploads
+    # in either storage.
+    jobs = len(QUEUES) + 1
+    uploads = len(STORAGES) + 1
+    others = 2 ** (len(FEATURES) - 2)
+    assert len(combos) == len(FACTORS["database"]) * len(PYTHONS) * jobs * uploads * others
+    assert all(Combo.from_factors(c.factors()) == c for c in combos)
+
+
+def test_full_checks_cover_every_pair_of_option_values() -> None:
+    """Every value of a factor meets every value of every other factor in a full build."""
+    covering = covering_combos()
+    expected = {
+        ((a, x), (b, y))
+        for a, b in combinations(sorted(FACTORS), 2)
+        for x in FACTORS[a]
+        for y in FACTORS[b]
+    }
+    missing = expected - value_pairs(covering)
+    assert not missing, f"pairs without a full build: {sorted(missing)}"
+    assert DEFAULTS in covering
+    assert EVERYTHING_OFF in covering
+    assert set(covering) <= set(all_combos())
+    assert len(set(covering)) == len(covering)
+    # Pairwise, not every combination: the set grows with the largest factors, not their product.
+    assert len(covering) < len(all_combos()) / 4
+
+
 @pytest.mark.parametrize("database", ["postgresql", "mysql"])
 def test_server_suite_in_parallel_and_after_a_failure(
     database: str, tmp_path: Path, timings: Timings
@@ -155,7 +253,8 @@ def test_server_suite_in_parallel_and_after_a_failure(
     require_server(database)
     combo = Combo(database, FEATURES)
     project = render(tmp_path / "project", combo.data())
-    sync(project, combo.python, timings)
+    with timings.step("uv sync"):
+        sync(project, combo.python)
     result = run_suite(project, timings, "-n", "2")
     assert passed_count(result) > 0
     assert server_databases(project, database, combo.package) == []
@@ -163,11 +262,7 @@ def test_server_suite_in_parallel_and_after_a_failure(
     (project / "tests" / "test_zz_failing.py").write_text(
         "def test_fails() -> None:\n    raise AssertionError('deliberate')\n"
     )
-    failed = run(
-        uv("run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"),
-        project,
-        check=False,
-    )
+    failed = run_suite(project, None, "-n", "2", check=False)
     assert failed.returncode == 1, failed.stdout[-3000:]
     assert "1 failed" in failed.stdout
     assert server_databases(project, database, combo.package) == []

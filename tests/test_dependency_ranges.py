@@ -5,17 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .harness import (
-    FEATURES,
-    Combo,
-    Timings,
-    passed_count,
-    render,
-    require_server,
-    run,
-    run_suite,
-    uv,
-)
+from harness import FEATURES, Combo, render, run, sync, uv
+
+from .checks import Timings, passed_count, require_server, run_suite
 
 CASES = [
     (db, resolution)
@@ -32,12 +24,8 @@ def test_suite_passes_at_both_ends_of_the_ranges(
         require_server(database)
     combo = Combo(database, FEATURES)
     project = render(tmp_path / "project", combo.data())
-    run(
-        uv("sync", "--quiet", "--python", combo.python, "--resolution", resolution, "--upgrade"),
-        project,
-        timings=timings,
-        step="uv sync",
-    )
+    with timings.step("uv sync"):
+        sync(project, combo.python, "--resolution", resolution, "--upgrade")
     listed = run(uv("pip", "list", "--format", "freeze"), project).stdout
     versions = dict(line.split("==", 1) for line in listed.split() if "==" in line)
     lower_bound = "0.165.0" if resolution == "lowest-direct" else None

@@ -21,15 +21,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .harness import (
-    ALL_COMBOS,
-    FEATURE_TRACES,
-    FEATURES,
-    LEFTOVER_JINJA,
-    QUEUE_TRACES,
-    Combo,
-    render,
-)
+from harness import DEFAULT_PYTHON, FEATURES, Combo, all_combos, render
+
+from .checks import FEATURE_TRACES, LEFTOVER_JINJA, QUEUE_TRACES, S3_TRACES
+
+# The manifests do not depend on the Python version: every other combination, once.
+ALL_COMBOS = [combo for combo in all_combos() if combo.python == DEFAULT_PYTHON]
 
 # The oldest minor the manifests must apply to; every field they use is GA there. Newer
 # minors only add fields, so what validates here applies to them too.
@@ -74,11 +71,13 @@ class Rendered:
         """SQLite, uploads on the pod's disk or in-process jobs: one API replica."""
         features = self.combo.features
         in_process = "background_tasks" in features and not self.combo.redis_queue
-        return self.combo.database == "sqlite" or "uploads" in features or in_process
+        local_uploads = "uploads" in features and not self.combo.s3_uploads
+        return self.combo.database == "sqlite" or local_uploads or in_process
 
     @property
     def data_volume(self) -> bool:
-        return self.combo.database == "sqlite" or "uploads" in self.combo.features
+        local_uploads = "uploads" in self.combo.features and not self.combo.s3_uploads
+        return self.combo.database == "sqlite" or local_uploads
 
 
 def settings_fields(settings_py: Path) -> tuple[str, frozenset[str]]:
@@ -177,6 +176,8 @@ def test_objects_follow_the_answers(project: Rendered) -> None:
     banned = [w for f in FEATURES if f not in combo.features for w in FEATURE_TRACES[f]]
     if not combo.redis_queue:
         banned += QUEUE_TRACES
+    if not combo.s3_uploads:
+        banned += S3_TRACES
     for name in project.manifests:
         text = (project.root / K8S / name).read_text().lower()
         for word in banned:

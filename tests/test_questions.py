@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from .harness import BIN, answers, render
+from harness import BIN, answers, render
 
 BAD_ANSWERS = [
     ({"package_name": "1bad-name"}, "package_name", "lowercase Python identifier"),

@@ -8,7 +8,7 @@ with a message that says what to start.
 import re
 from pathlib import Path
 
-from .harness import render, run, sync
+from harness import render, run, sync
 
 CLOSED_PORT_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
 SERVERLESS_MODULES = ("tests/test_settings.py",)

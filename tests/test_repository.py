@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import BIN, ROOT, run
+from harness import BIN, ROOT, run
 
 WORKFLOW = ROOT / ".github/workflows/template.yml"
 

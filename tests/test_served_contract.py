@@ -9,27 +9,13 @@ the app's own sessions and job runner instead of the test fixtures').
 """
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .harness import (
-    DATABASES,
-    FEATURES,
-    Combo,
-    free_port,
-    render,
-    require_server,
-    run,
-    server_sql,
-    sync,
-    uv,
-    wait_ready,
-)
+from harness import DATABASES, FEATURES, Combo, free_port, render, run, serve, sync, uv
+
+from .checks import require_server, server_sql
 
 URLS = {
     "sqlite": "sqlite+aiosqlite:///{tmp}/served.db",
@@ -53,47 +39,39 @@ def test_served_app_keeps_its_contract(database: str, tmp_path: Path) -> None:
     prefix = combo.package.upper()
     port = free_port()
     env = {
-        **os.environ,
         f"{prefix}_DATABASE_URL": URLS[database].format(tmp=tmp_path, name=name),
         f"{prefix}_PORT": str(port),
         f"{prefix}_UPLOAD_DIR": str(tmp_path / "uploads"),
         f"{prefix}_LOG_LEVEL": "warning",
     }
-    server = None
     try:
         migrate = uv("run", "--no-sync", "alembic", "upgrade", "heads")
         migrated = run(migrate, project, env={**env, f"{prefix}_LOG_LEVEL": "info"})
         # The migration command logs like the app: JSON lines.
         logged = [json.loads(line) for line in migrated.stderr.splitlines() if line[:1] == "{"]
         assert any(line["logger"].startswith("alembic") for line in logged), migrated.stderr
-        server = subprocess.Popen(
-            [str(project / ".venv/bin/python"), "-m", combo.package], cwd=project, env=env
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/health/ready", time.monotonic() + 60)
-        result = run(
-            uv(
-                "run",
-                "--no-sync",
-                "schemathesis",
-                "--no-color",
-                "run",
-                f"{base}/openapi.json",
-                "--checks",
-                "all",
-                "--max-examples",
-                "40",
-                "--seed",
-                "1",
-            ),
-            project,
-            env=env,
-            timeout=900,
-        )
+        server = [project / ".venv/bin/python", "-m", combo.package]
+        with serve(server, env, port, cwd=project, log=tmp_path / "server.log") as base:
+            result = run(
+                uv(
+                    "run",
+                    "--no-sync",
+                    "schemathesis",
+                    "--no-color",
+                    "run",
+                    f"{base}/openapi.json",
+                    "--checks",
+                    "all",
+                    "--max-examples",
+                    "40",
+                    "--seed",
+                    "1",
+                ),
+                project,
+                env=env,
+                timeout=900,
+            )
         assert "No issues found" in result.stdout, result.stdout[-6000:]
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
         if database != "sqlite":
             server_sql(project, database, f"DROP DATABASE IF EXISTS {name}")

