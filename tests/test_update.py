@@ -167,23 +167,37 @@ def test_update_from_release_keeps_user_edits(
     assert "test_greetings.py" in run_suite(project, None, "-v").stdout
 
 
+# (answers changed by the update, the release updated from, the server the suite needs)
 CHANGES = [
-    pytest.param({"features": ["uploads", "background_tasks"]}, id="features-on-and-off"),
-    pytest.param({"features": []}, id="all-features-off"),
-    pytest.param({"database": "postgresql"}, id="sqlite-to-postgresql"),
-    pytest.param({"database": "mysql"}, id="sqlite-to-mysql"),
+    pytest.param({"features": ["uploads", "background_tasks"]}, "first", None, id="features"),
+    pytest.param({"features": []}, "first", None, id="all-features-off"),
+    pytest.param({"database": "postgresql"}, "first", "postgresql", id="sqlite-to-postgresql"),
+    pytest.param({"database": "mysql"}, "first", "mysql", id="sqlite-to-mysql"),
+    # Options new since the last release, turned on by the update.
+    pytest.param({"upload_storage": "s3"}, "previous", "s3", id="uploads-to-s3"),
 ]
 
 
-@pytest.mark.parametrize("change", CHANGES)
+def previous_release(repo: Path, found: list[Release]) -> Release:
+    """The newest release before HEAD (HEAD itself may be a release commit)."""
+    head = git("rev-parse", "HEAD", cwd=repo)
+    return [r for r in found if git("rev-parse", f"{r.tag}^{{commit}}", cwd=repo) != head][-1]
+
+
+@pytest.mark.parametrize(("change", "since", "server"), CHANGES)
 def test_update_with_changed_answers(
-    template: tuple[Path, list[Release]], change: dict[str, Any], tmp_path: Path, timings: Timings
+    template: tuple[Path, list[Release]],
+    change: dict[str, Any],
+    since: str,
+    server: str | None,
+    tmp_path: Path,
+    timings: Timings,
 ) -> None:
-    database = change.get("database")
-    if database:
-        require_server(database)
+    if server:
+        require_server(server)
     repo, found = template
-    project = render_release(template, found[0], tmp_path / "project")
+    release = found[0] if since == "first" else previous_release(repo, found)
+    project = render_release(template, release, tmp_path / "project")
     edit_like_a_user(project)
     commit_all(project, "user edits")
 
