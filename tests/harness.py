@@ -24,7 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASES = ("sqlite", "postgresql", "mysql")
-FEATURES = ("http_client", "uploads", "background_tasks")
+FEATURES = ("http_client", "uploads", "background_tasks", "observability")
 PYTHONS = ("3.11", "3.12", "3.13")
 BIN = Path(sys.executable).parent  # the template's dev environment: uv, ruff, copier
 
@@ -48,12 +48,18 @@ FEATURE_FILES = {
         "tests/test_tasks.py",
         "migrations/versions/0003_jobs.py",
     ],
+    "observability": [
+        "src/{pkg}/observability.py",
+        "src/{pkg}/routers/metrics.py",
+        "tests/test_observability.py",
+    ],
 }
 # Words that must not appear anywhere in a project rendered without the feature.
 FEATURE_TRACES = {
     "http_client": ["upstream", "http_client", "HttpClient"],
     "uploads": ["upload", "aiofiles", "multipart"],
     "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
+    "observability": ["prometheus", "opentelemetry", "metrics", "otlp", "tracer"],
 }
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
 COMMON_FILES = [

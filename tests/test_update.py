@@ -177,6 +177,7 @@ def test_update_from_release_keeps_user_edits(
 CHANGES = [
     pytest.param({"features": ["uploads", "background_tasks"]}, id="features-on-and-off"),
     pytest.param({"features": []}, id="all-features-off"),
+    pytest.param({"features": ["http_client", "uploads", "observability"]}, id="observability-on"),
     pytest.param({"database": "postgresql"}, id="sqlite-to-postgresql"),
     pytest.param({"database": "mysql"}, id="sqlite-to-mysql"),
 ]
