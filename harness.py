@@ -43,7 +43,7 @@ HOST = "127.0.0.1"
 # --- options and their combinations ----------------------------------------------------------
 
 DATABASES = ("sqlite", "postgresql", "mysql")
-FEATURES = ("http_client", "uploads", "background_tasks")
+FEATURES = ("http_client", "uploads", "background_tasks", "observability")
 PYTHONS = ("3.11", "3.12", "3.13")
 DEFAULT_PYTHON = "3.13"
 QUEUES = ("inprocess", "redis")  # task_queue: asked only with background_tasks

@@ -42,12 +42,18 @@ FEATURE_FILES = {
         "migrations/versions/0003_jobs.py",
         "migrations/versions/0004_typed_jobs.py",
     ],
+    "observability": [
+        "src/{pkg}/observability.py",
+        "src/{pkg}/routers/metrics.py",
+        "tests/test_observability.py",
+    ],
 }
 # Words that must not appear anywhere in a project rendered without the feature.
 FEATURE_TRACES = {
     "http_client": ["upstream", "http_client", "HttpClient"],
     "uploads": ["upload", "aiofiles", "multipart"],
     "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
+    "observability": ["prometheus", "opentelemetry", "metrics", "otlp", "tracer"],
 }
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
 COMMON_FILES = [

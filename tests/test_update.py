@@ -174,6 +174,12 @@ CHANGES = [
     pytest.param({"database": "postgresql"}, "first", "postgresql", id="sqlite-to-postgresql"),
     pytest.param({"database": "mysql"}, "first", "mysql", id="sqlite-to-mysql"),
     # Options new since the last release, turned on by the update.
+    pytest.param(
+        {"features": ["http_client", "uploads", "observability"]},
+        "previous",
+        None,
+        id="observability-on",
+    ),
     pytest.param({"upload_storage": "s3"}, "previous", "s3", id="uploads-to-s3"),
 ]
 

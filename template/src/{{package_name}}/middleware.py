@@ -5,7 +5,7 @@ import re
 import time
 
 from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,6 +15,13 @@ from .settings import Settings
 
 access_logger = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Set in a request's scope, it keeps that request out of the access log (``skip_access_log``).
+SKIP_ACCESS_LOG = "skip_access_log"
+
+
+def skip_access_log(request: Request) -> None:
+    """A dependency: the route's requests write no access line (e.g. a frequent probe)."""
+    request.scope[SKIP_ACCESS_LOG] = True
 
 
 def is_valid_request_id(value: str) -> bool:
@@ -44,20 +51,25 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            access_logger.info(
-                "%s %s %s %.2fms",
-                scope["method"],
-                scope["path"],
-                status,
-                duration_ms,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": duration_ms,
-                },
-            )
+            if not scope.get(SKIP_ACCESS_LOG):
+                _log_access(scope, status, time.perf_counter() - started)
+
+
+def _log_access(scope: Scope, status: int, seconds: float) -> None:
+    duration_ms = round(seconds * 1000, 2)
+    access_logger.info(
+        "%s %s %s %.2fms",
+        scope["method"],
+        scope["path"],
+        status,
+        duration_ms,
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": duration_ms,
+        },
+    )
 
 
 def add_middleware(app: FastAPI, settings: Settings) -> None:
