@@ -53,7 +53,7 @@ FEATURE_TRACES = {
     "http_client": ["upstream", "http_client", "HttpClient"],
     "uploads": ["upload", "aiofiles", "multipart"],
     "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
-    "observability": ["prometheus", "opentelemetry", "metrics", "otlp", "tracer"],
+    "observability": ["prometheus", "opentelemetry", "/metrics", "metrics.py", "otlp", "tracer"],
 }
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
 COMMON_FILES = [
@@ -134,7 +134,7 @@ QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
 # Uploads on S3 (upload_storage=s3) or on local disk: each without the other's files and words.
 S3_FILES = ["src/{pkg}/storage_s3.py", "tests/buckets.py"]
 LOCAL_STORAGE_FILES = ["src/{pkg}/storage_local.py"]
-S3_TRACES = ["aiobotocore", "s3_", "S3_", "bucket", "seaweedfs", "SeaweedFS"]
+S3_TRACES = ["aiobotocore", "s3_", "seaweedfs", "buckets.py"]
 LOCAL_STORAGE_TRACES = ["aiofiles", "upload_dir", "UPLOAD_DIR"]
 
 
