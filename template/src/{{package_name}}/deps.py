@@ -3,9 +3,11 @@
 An optional feature's aliases live in its own module, next to what they provide.
 """
 
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, params
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import ReadSession, get_read_session, get_session, get_sessionmaker
@@ -25,3 +27,17 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 # For handlers that only read: no COMMIT round trip (see db.ReadSession); writes are refused.
 ReadSessionDep = Annotated[ReadSession, Depends(get_read_session, scope="function")]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+
+
+@dataclass(frozen=True)
+class Guard:
+    """What a group of routes requires of every request (dependencies that may refuse it) and
+    the answers that adds to their documentation."""
+
+    dependencies: Sequence[params.Depends] = ()
+    responses: dict[int | str, dict[str, Any]] = field(default_factory=dict)
+
+
+# What the app's own write routes (``items.write_router``) require: nothing, unless a feature
+# puts a guard here in its ``install`` (auth: a signed-in user).
+WRITE_GUARD = AppResource("write_guard", Guard)

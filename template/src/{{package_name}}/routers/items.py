@@ -1,4 +1,8 @@
-"""The example resource: create, read, list, update and delete items."""
+"""The example resource: create, read, list, update and delete items.
+
+Reads are open to anyone; writes are on ``write_router``, which ``create_app`` mounts behind
+``deps.WRITE_GUARD`` (with the auth feature: a signed-in user).
+"""
 
 from typing import Annotated, Any
 
@@ -26,6 +30,8 @@ ITEM_COLUMNS = select(*Item.__table__.columns)
 ITEM_BY_ID = ITEM_COLUMNS.where(Item.id == bindparam("item_id"))
 
 router = APIRouter(prefix="/items", tags=["items"])
+# Writes apart: ``create_app`` mounts them behind ``deps.WRITE_GUARD`` (a user, with auth on).
+write_router = APIRouter(prefix="/items", tags=["items"])
 
 ItemId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
@@ -50,7 +56,7 @@ async def _flush_or_409(session: AsyncSession, name: str) -> None:
         ) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
+@write_router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
 async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
     item = Item(**body.model_dump())
     session.add(item)
@@ -80,7 +86,7 @@ async def get_item(item_id: ItemId, session: ReadSessionDep) -> RowMapping:
     return row
 
 
-@router.patch("/{item_id}", responses=BODY_ERRORS | NOT_FOUND | CONFLICT)
+@write_router.patch("/{item_id}", responses=BODY_ERRORS | NOT_FOUND | CONFLICT)
 async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) -> ItemRead:
     item = await _get_or_404(session, item_id)
     changes = body.model_dump(exclude_unset=True)
@@ -90,6 +96,6 @@ async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) ->
     return ItemRead.model_validate(item)
 
 
-@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@write_router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
 async def delete_item(item_id: ItemId, session: SessionDep) -> None:
     await session.delete(await _get_or_404(session, item_id))
