@@ -43,7 +43,9 @@ HOST = "127.0.0.1"
 # --- options and their combinations ----------------------------------------------------------
 
 DATABASES = ("sqlite", "postgresql", "mysql")
-FEATURES = ("http_client", "uploads", "background_tasks", "observability")
+FEATURES = ("http_client", "uploads", "background_tasks", "observability", "auth")
+# What `copier copy --defaults` turns on: every feature but auth (copier.yml says why).
+DEFAULT_FEATURES = ("http_client", "uploads", "background_tasks", "observability")
 PYTHONS = ("3.11", "3.12", "3.13")
 DEFAULT_PYTHON = "3.13"
 QUEUES = ("inprocess", "redis")  # task_queue: asked only with background_tasks
@@ -129,7 +131,7 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "uploads": (*STORAGES, UPLOADS_OFF),
     "jobs": (*QUEUES, JOBS_OFF),
 }
-DEFAULTS = Combo("sqlite", FEATURES)  # what `copier copy --defaults` renders
+DEFAULTS = Combo("sqlite", DEFAULT_FEATURES)  # what `copier copy --defaults` renders
 EVERYTHING_OFF = Combo("sqlite", ())
 # The generator is deterministic for a given salt; of these salts the smallest set is taken.
 COVERING_SALTS = 256

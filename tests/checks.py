@@ -47,6 +47,15 @@ FEATURE_FILES = {
         "src/{pkg}/routers/metrics.py",
         "tests/test_observability.py",
     ],
+    "auth": [
+        "src/{pkg}/auth.py",
+        "src/{pkg}/create_superuser.py",
+        "src/{pkg}/routers/auth.py",
+        "tests/auth.py",
+        "tests/test_auth.py",
+        "tests/test_users.py",
+        "migrations/versions/0005_users.py",
+    ],
 }
 # Words that must not appear anywhere in a project rendered without the feature.
 FEATURE_TRACES = {
@@ -54,7 +63,11 @@ FEATURE_TRACES = {
     "uploads": ["upload", "aiofiles", "multipart"],
     "background_tasks": ["JobRunner", "job_runner", "jobs.", "Job(", "word_count", "tasks"],
     "observability": ["prometheus", "opentelemetry", "/metrics", "metrics.py", "otlp", "tracer"],
+    "auth": ["pwdlib", "jwt", "oauth2", "superuser", "CurrentUser", "sign_in", "/users", "bearer"],
 }
+# Features that read multipart or form bodies (python-multipart): "multipart" is a trace of
+# uploads only when no other of these is on.
+FORM_FEATURES = ("uploads", "auth")
 DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg", "mysql": "asyncmy"}
 COMMON_FILES = [
     ".copier-answers.yml",

@@ -40,6 +40,7 @@ from .checks import (
     DRIVERS,
     FEATURE_FILES,
     FEATURE_TRACES,
+    FORM_FEATURES,
     INPROCESS_FILES,
     LEFTOVER_JINJA,
     LOCAL_STORAGE_FILES,
@@ -101,6 +102,8 @@ async def test_start_a_job_and_leave(client: httpx2.AsyncClient, pause: float) -
 def check_no_traces(project: Path, combo: Combo) -> None:
     """A feature that is off leaves no word of itself; other backends' drivers neither."""
     banned = [word for f in FEATURES if f not in combo.features for word in FEATURE_TRACES[f]]
+    if set(FORM_FEATURES) & set(combo.features):
+        banned.remove("multipart")  # python-multipart reads forms too
     banned += [driver for db, driver in DRIVERS.items() if db != combo.database]
     if not combo.redis_queue:
         banned += QUEUE_TRACES

@@ -1,7 +1,8 @@
 """schemathesis against a served render, as a user would run it from the rendered README.
 
 Each backend's all-features project is migrated, served by its own entry point
-(`python -m <pkg>`, uvicorn) and tested over HTTP by `schemathesis run --checks all`: every
+(`python -m <pkg>`, uvicorn) and tested over HTTP by `schemathesis run --checks all`, signed
+in as the first superuser (made by the project's create_superuser command): every
 phase (examples, coverage, fuzzing, stateful), 40 examples per operation, a fixed seed. Zero
 failures. The rendered suite's contract test runs the same checks through ASGI; this one
 also covers what only a real server does (uvicorn's HTTP parsing, concurrent connections,
@@ -9,6 +10,8 @@ the app's own sessions and job runner instead of the test fixtures').
 """
 
 import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,8 +53,23 @@ def test_served_app_keeps_its_contract(database: str, tmp_path: Path) -> None:
         # The migration command logs like the app: JSON lines.
         logged = [json.loads(line) for line in migrated.stderr.splitlines() if line[:1] == "{"]
         assert any(line["logger"].startswith("alembic") for line in logged), migrated.stderr
+        # The first superuser, made by the documented command; schemathesis signs in as it.
+        superuser = {"username": "root@example.com", "password": "a-long-root-password"}
+        create = uv("run", "--no-sync", "python", "-m", f"{combo.package}.create_superuser")
+        run(
+            create,
+            project,
+            env={
+                **env,
+                f"{prefix}_FIRST_SUPERUSER_EMAIL": superuser["username"],
+                f"{prefix}_FIRST_SUPERUSER_PASSWORD": superuser["password"],
+            },
+        )
         server = [project / ".venv/bin/python", "-m", combo.package]
         with serve(server, env, port, cwd=project, log=tmp_path / "server.log") as base:
+            form = urllib.parse.urlencode(superuser).encode()
+            with urllib.request.urlopen(f"{base}/auth/token", data=form, timeout=10) as answer:
+                token = json.load(answer)["access_token"]
             result = run(
                 uv(
                     "run",
@@ -66,6 +84,8 @@ def test_served_app_keeps_its_contract(database: str, tmp_path: Path) -> None:
                     "40",
                     "--seed",
                     "1",
+                    "--header",
+                    f"Authorization: Bearer {token}",
                 ),
                 project,
                 env=env,

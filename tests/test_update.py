@@ -220,6 +220,31 @@ def test_update_with_changed_answers(
     assert passed_count(run_suite(project, timings)) > 0
 
 
+def test_auth_turned_on_and_off_again(
+    template: tuple[Path, list[Release]], tmp_path: Path, timings: Timings
+) -> None:
+    """From the previous release, one ``copier update`` turns auth on and a later one turns it
+    off: each merges cleanly, keeps the user's edits, equals a fresh render and passes its
+    suite (item writes need a user in between, and no word of auth is left after)."""
+    repo, found = template
+    project = render_release(template, previous_release(repo, found), tmp_path / "project")
+    edit_like_a_user(project)
+    commit_all(project, "user edits")
+    steps = [("on", [*ANSWERS["features"], "auth"]), ("off", ANSWERS["features"])]
+    for state, features in steps:
+        update(project, {"features": features})
+        assert_clean_merge(project)
+        assert_user_edits_intact(project)
+        assert answers(project)["features"] == features
+        fresh = render(tmp_path / f"fresh-{state}", {**ANSWERS, "features": features}, src=repo)
+        assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
+        assert (project / f"src/{PKG}/auth.py").exists() == (state == "on")
+        with timings.step(f"uv sync (auth {state})"):
+            sync(project, ANSWERS["python_version"])
+        assert passed_count(run_suite(project, timings)) > 0
+        commit_all(project, f"auth {state}")
+
+
 def test_overlapping_edit_shows_inline_conflict_markers(
     template: tuple[Path, list[Release]], tmp_path: Path
 ) -> None:
