@@ -103,7 +103,7 @@ def check_no_traces(project: Path, combo: Combo) -> None:
     """A feature that is off leaves no word of itself; other backends' drivers neither."""
     banned = [word for f in FEATURES if f not in combo.features for word in FEATURE_TRACES[f]]
     if set(FORM_FEATURES) & set(combo.features):
-        banned.remove("multipart")  # python-multipart reads forms too
+        banned = [word for word in banned if word != "multipart"]  # python-multipart: forms too
     banned += [driver for db, driver in DRIVERS.items() if db != combo.database]
     if not combo.redis_queue:
         banned += QUEUE_TRACES

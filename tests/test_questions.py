@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from harness import BIN, answers, render
+from harness import BIN, FEATURES, answers, render
 
 BAD_ANSWERS = [
     ({"package_name": "1bad-name"}, "package_name", "lowercase Python identifier"),
@@ -51,7 +51,7 @@ def test_names_derive_from_the_project_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        {"database": "postgresql"},
+        {"database": "postgresql", "features": list(FEATURES)},
         {"database": "mysql", "features": ["background_tasks"], "task_queue": "redis"},
     ],
     ids=["all-features", "redis-queue"],
