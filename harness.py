@@ -262,7 +262,15 @@ def answers(project: Path) -> dict[str, Any]:
 
 def rendered_files(project: Path) -> list[Path]:
     """The project's files, without what its tools made (venv, caches, git)."""
-    skip = {".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+    skip = {
+        ".venv",
+        ".git",
+        ".mypy_cache",
+        ".ruff_cache",
+        ".pytest_cache",
+        ".hypothesis",
+        "__pycache__",
+    }
     return [
         p
         for p in project.rglob("*")

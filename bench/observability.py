@@ -46,7 +46,6 @@ from _common import (
     comma_choices,
     ensure_wrk,
     for_each_backend,
-    http_get,
     main_with_cleanup,
     proc_cpu_seconds,
     ranged,
@@ -60,8 +59,9 @@ from _common import (
     wrk,
 )
 
+from harness import DEFAULT_FEATURES, http_get
+
 BACKENDS = ("sqlite", "postgresql", "mysql")
-DEFAULT_FEATURES = ["http_client", "uploads", "background_tasks", "observability"]
 DATA = {"project_name": "Bench Service"}
 ROWS = 10_000
 MAX_COST = 0.10  # 1 - req/s on / req/s off

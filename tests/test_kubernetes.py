@@ -21,12 +21,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import DEFAULT_PYTHON, FEATURES, Combo, all_combos, render
+from harness import DEFAULT_FEATURES, DEFAULT_PYTHON, FEATURES, Combo, all_combos, render
 
 from .checks import FEATURE_TRACES, LEFTOVER_JINJA, QUEUE_TRACES, S3_TRACES
 
-# The manifests do not depend on the Python version: every other combination, once.
-ALL_COMBOS = [combo for combo in all_combos() if combo.python == DEFAULT_PYTHON]
+# The manifests depend on neither the Python version nor auth (checked below): every other
+# combination, once.
+ALL_COMBOS = [
+    combo
+    for combo in all_combos()
+    if combo.python == DEFAULT_PYTHON and "auth" not in combo.features
+]
 
 # The oldest minor the manifests must apply to; every field they use is GA there. Newer
 # minors only add fields, so what validates here applies to them too.
@@ -402,3 +407,16 @@ def test_worker_runs_the_queue(project: Rendered) -> None:
     assert int(options["workers"]) == math.ceil(cpu_cores(container["resources"]["limits"]["cpu"]))
     wait = float(options.get("wait-tasks-timeout", 0)) + float(options["shutdown-timeout"])
     assert spec["terminationGracePeriodSeconds"] > wait
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_auth_leaves_the_manifests_as_they_are(database: str, tmp_path: Path) -> None:
+    """Users live in the database the manifests already wire: auth adds no object, variable
+    or secret (the first superuser is made once by the command, not by the pods)."""
+    data = {"database": database, "package_name": "svc", "project_slug": "svc"}
+    without = render(tmp_path / "without", {**data, "features": list(DEFAULT_FEATURES)})
+    with_auth = render(tmp_path / "with", {**data, "features": [*DEFAULT_FEATURES, "auth"]})
+    names = sorted(p.name for p in (without / K8S).iterdir())
+    assert names == sorted(p.name for p in (with_auth / K8S).iterdir())
+    for name in names:
+        assert (without / K8S / name).read_text() == (with_auth / K8S / name).read_text(), name
