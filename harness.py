@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,8 +31,10 @@ from dataclasses import dataclass
 from itertools import combinations, product
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import copier
+import copier._main as copier_main
 import yaml
 from covertable import make
 
@@ -230,6 +233,44 @@ def uv(*args: str) -> list[str]:
 # --- rendering --------------------------------------------------------------------------------
 
 
+SNAPSHOT_ENV = "TEMPLATE_SNAPSHOT"
+
+
+def snapshot(dst: Path | None = None) -> Path:
+    """A copy of the work tree as ``git`` sees it (tracked files and untracked ones not
+    ignored, uncommitted changes included), without ``.git``: what ``copier copy --vcs-ref
+    HEAD .`` renders, without cloning the repository for every render.
+
+    Made once per process, or once per test run: the path in ``$TEMPLATE_SNAPSHOT`` (set by
+    the tests' controller for its workers) is used as it is.
+    """
+    if dst is None:
+        if os.environ.get(SNAPSHOT_ENV):
+            return Path(os.environ[SNAPSHOT_ENV])
+        return _process_snapshot()
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the work tree is left out
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+    return dst
+
+
+@functools.cache
+def _process_snapshot() -> Path:
+    return snapshot(Path(tempfile.mkdtemp(prefix="template-snapshot-")) / "template")
+
+
+def in_git_work_tree(path: Path) -> bool:
+    return any((parent / ".git").exists() for parent in (path, *path.parents))
+
+
 def render(
     dst: Path,
     data: Mapping[str, Any] | None = None,
@@ -239,20 +280,36 @@ def render(
 ) -> Path:
     """``copier copy --defaults`` of the template at ``vcs_ref`` into ``dst`` (no --trust).
 
-    ``HEAD`` includes the working tree's uncommitted changes; a commit renders as it is.
+    ``HEAD`` of this repository renders the work tree, uncommitted changes included, from
+    ``snapshot()`` (the same files Copier's clone of a dirty repository holds); any other
+    source or ref renders as Copier clones it.
     """
-    with warnings.catch_warnings():
+    ref: str | None = vcs_ref
+    if src == ROOT and vcs_ref == "HEAD":
+        src, ref = snapshot(), None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")  # DirtyLocalWarning while developing the template
+        if not in_git_work_tree(dst.parent):
+            # Copier asks git for ``core.fileMode`` once per written file, to mirror a mode
+            # change into the destination's git index; outside a repository that lookup
+            # fails and nothing is done (about 75 git processes per render, a third of its
+            # time). The rendered files are the same without it.
+            stack.enter_context(mock.patch.object(copier_main, "is_git_available", _no_git))
         copier.run_copy(
             str(src),
             str(dst),
             data=dict(data or {}),
             defaults=True,
-            vcs_ref=vcs_ref,
+            vcs_ref=ref,
             quiet=True,
             unsafe=False,
         )
     return dst
+
+
+def _no_git() -> bool:
+    return False
 
 
 def answers(project: Path) -> dict[str, Any]:

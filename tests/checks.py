@@ -7,18 +7,22 @@ repository's root, shared with the benchmarks.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
-from harness import BIN, run, uv
+from harness import BIN, Combo, render, rendered_files, run, uv
 
 # Files each feature renders; none of them may exist when the feature is off.
 FEATURE_FILES = {
@@ -34,6 +38,7 @@ FEATURE_FILES = {
         "src/{pkg}/routers/uploads.py",
         "tests/test_uploads.py",
         "migrations/versions/0002_uploads.py",
+        "docs/uploads.md",
     ],
     "background_tasks": [
         "src/{pkg}/jobs.py",
@@ -46,6 +51,7 @@ FEATURE_FILES = {
         "src/{pkg}/observability.py",
         "src/{pkg}/routers/metrics.py",
         "tests/test_observability.py",
+        "docs/observability.md",
     ],
     "auth": [
         "src/{pkg}/auth.py",
@@ -55,6 +61,7 @@ FEATURE_FILES = {
         "tests/test_auth.py",
         "tests/test_users.py",
         "migrations/versions/0005_users.py",
+        "docs/auth.md",
     ],
 }
 # Words that must not appear anywhere in a project rendered without the feature.
@@ -86,6 +93,12 @@ COMMON_FILES = [
     "deploy/k8s/deployment.yaml",
     "deploy/k8s/kustomization.yaml",
     "deploy/k8s/service.yaml",
+    "docs/api.md",
+    "docs/architecture.md",
+    "docs/configuration.md",
+    "docs/deploy.md",
+    "docs/performance.md",
+    "docs/testing.md",
     "pyproject.toml",
     "schemathesis.toml",
     "migrations/env.py",
@@ -288,3 +301,89 @@ def check_deploy_files(project: Path, timings: Timings) -> None:
 def passed_count(result: subprocess.CompletedProcess[str]) -> int:
     match = re.search(r"(\d+) passed", result.stdout)
     return int(match.group(1)) if match else 0
+
+
+# --- work done once per run, shared by test modules and xdist workers ------------------------
+
+RENDERS_ENV = "TEMPLATE_RENDERS"
+
+
+@dataclass(frozen=True)
+class Renders:
+    """Each combination rendered once per run, in a directory every worker shares (the
+    path in ``$TEMPLATE_RENDERS``, made by the controller), under a lock per combination.
+
+    ``get`` returns the shared render, to be read and never changed (the cheap checks, the
+    Kubernetes checks); ``copy`` gives a test a copy of its own to install and change.
+    ``once`` runs an expensive step once per run for a given key (a rendered suite on a tree
+    that an earlier test already installed and ran).
+    """
+
+    root: Path
+
+    @classmethod
+    def from_environment(cls) -> Renders:
+        root = os.environ.get(RENDERS_ENV) or tempfile.mkdtemp(prefix="template-renders-")
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return cls(Path(root))
+
+    def get(self, combo: Combo) -> Path:
+        done = self.root / combo.id
+        with FileLock(self.root / f"{combo.id}.lock"):
+            if not done.is_dir():
+                partial = self.root / f"{combo.id}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                render(partial / "project", combo.data())
+                partial.rename(done)
+        return done / "project"
+
+    def copy(self, combo: Combo, dst: Path) -> Path:
+        shutil.copytree(self.get(combo), dst, symlinks=True)
+        return dst
+
+    def once(self, key: str, action: Callable[[], str]) -> tuple[str, bool]:
+        """``action()``'s text, run now or by an earlier test of this run with the same
+        ``key``; and whether it ran now. A failing action is not remembered."""
+        record = self.root / "once" / f"{key}.txt"
+        record.parent.mkdir(exist_ok=True)
+        with FileLock(record.with_suffix(".lock")):
+            if record.is_file():
+                return record.read_text(), False
+            text = action()
+            record.write_text(text)
+            return text, True
+
+
+def tree_digest(project: Path, ignore: frozenset[str] = frozenset()) -> str:
+    """A digest of the project's files (names and bytes), without what its tools made."""
+    digest = hashlib.sha256()
+    for path in sorted(rendered_files(project)):
+        name = str(path.relative_to(project))
+        if name in ignore:
+            continue
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+# --- the order tests run in -------------------------------------------------------------------
+
+# Seconds each test function took on 2 cores (``--durations=0``; docs/benchmarks.md): the
+# suite starts the heaviest first; a test not listed is cheap. Tests at or above ``HEAVY``
+# are the builds that the progress lines count.
+COSTS = {
+    "test_served_app_keeps_its_contract": 120.0,
+    "test_server_suite_in_parallel_and_after_a_failure": 110.0,
+    "test_combination": 90.0,
+    "test_auth_turned_on_and_off_again": 90.0,
+    "test_suite_passes_at_both_ends_of_the_ranges": 80.0,
+    "test_update_with_changed_answers": 60.0,
+    "test_update_from_release_keeps_user_edits": 60.0,
+    "test_api_and_worker_processes_run_a_job": 40.0,
+    "test_tests_that_need_no_server_pass_without_one": 40.0,
+}
+HEAVY = 20.0
+
+
+def cost_of(nodeid: str) -> float:
+    function = nodeid.split("::")[-1].split("[")[0]
+    return COSTS.get(function, 1.0)

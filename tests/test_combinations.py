@@ -10,8 +10,10 @@ with added job tests, its contract test included, against the real local servers
 """
 
 import random
+from collections.abc import Iterable
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,6 +51,7 @@ from .checks import (
     QUEUE_TRACES,
     S3_FILES,
     S3_TRACES,
+    Renders,
     Timings,
     check_deploy_files,
     lint,
@@ -151,16 +154,25 @@ def check_render(project: Path, combo: Combo) -> None:
     check_answers(project, combo)
 
 
-@pytest.mark.parametrize("combo", all_combos(), ids=lambda c: c.id)
-def test_render(combo: Combo, tmp_path: Path) -> None:
+def tiered(combos: Iterable[Combo], quick: Iterable[Combo]) -> list[Any]:
+    """``combos`` as parameters; those not in ``quick`` marked slow (full suite only)."""
+    fast = set(quick)
+    slow = pytest.mark.slow
+    return [pytest.param(c, id=c.id, marks=() if c in fast else slow) for c in combos]
+
+
+@pytest.mark.parametrize("combo", tiered(all_combos(), quick=covering_combos()))
+def test_render(combo: Combo, renders: Renders) -> None:
     """Cheap checks: what the render holds and ruff, without installing the project."""
-    project = render(tmp_path / "project", combo.data())
+    project = renders.get(combo)
     check_render(project, combo)
     ruff(project)
 
 
-@pytest.mark.parametrize("combo", covering_combos(), ids=lambda c: c.id)
-def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Timings) -> None:
+@pytest.mark.parametrize("combo", tiered(covering_combos(), quick=[DEFAULTS]))
+def test_combination(
+    combo: Combo, renders: Renders, tmp_path: Path, mypy_cache: Path, timings: Timings
+) -> None:
     """Full checks: installed, linted, type-checked, and its own suite run."""
     if combo.database != "sqlite":
         require_server(combo.database)
@@ -169,7 +181,7 @@ def test_combination(combo: Combo, tmp_path: Path, mypy_cache: Path, timings: Ti
     if combo.s3_uploads:
         require_server("s3")
     with timings.step("render"):
-        project = render(tmp_path / "project", combo.data())
+        project = renders.copy(combo, tmp_path / "project")
     check_render(project, combo)
 
     check_deploy_files(project, timings)
@@ -248,6 +260,7 @@ def test_full_checks_cover_every_pair_of_option_values() -> None:
     assert len(covering) < len(all_combos()) / 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["postgresql", "mysql"])
 def test_server_suite_in_parallel_and_after_a_failure(
     database: str, tmp_path: Path, timings: Timings

@@ -21,16 +21,30 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from harness import DEFAULT_FEATURES, DEFAULT_PYTHON, FEATURES, Combo, all_combos, render
+from harness import (
+    DEFAULT_PYTHON,
+    FACTORED_FEATURES,
+    FACTORS,
+    FEATURES,
+    Combo,
+    all_combos,
+)
 
-from .checks import FEATURE_TRACES, LEFTOVER_JINJA, QUEUE_TRACES, S3_TRACES
+from .checks import FEATURE_TRACES, LEFTOVER_JINJA, QUEUE_TRACES, S3_TRACES, Renders
 
-# The manifests depend on neither the Python version nor auth (checked below): every other
-# combination, once.
+# The manifests depend only on the database, the jobs (off, in-process, Redis queue) and the
+# uploads (off, local, S3): 27 answer sets, each checked once, with the other options off
+# (the strictest: every variable must then be a setting of the smallest Settings, and no
+# word of an off feature may appear). That nothing else changes them is checked below.
+MANIFEST_FACTORS = ("database", "jobs", "uploads")
 ALL_COMBOS = [
-    combo
-    for combo in all_combos()
-    if combo.python == DEFAULT_PYTHON and "auth" not in combo.features
+    Combo.from_factors(
+        {"database": database, "jobs": jobs, "uploads": uploads, "python": DEFAULT_PYTHON}
+        | {feature: "off" for feature in FEATURES if feature not in FACTORED_FEATURES}
+    )
+    for database in FACTORS["database"]
+    for jobs in FACTORS["jobs"]
+    for uploads in FACTORS["uploads"]
 ]
 
 # The oldest minor the manifests must apply to; every field they use is GA there. Newer
@@ -138,9 +152,9 @@ def cpu_cores(quantity: str) -> float:
 
 
 @pytest.fixture(scope="module", params=ALL_COMBOS, ids=lambda c: c.id)
-def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+def project(request: pytest.FixtureRequest, renders: Renders) -> Rendered:
     combo: Combo = request.param
-    root = render(tmp_path_factory.mktemp("k8s") / "project", combo.data())
+    root = renders.get(combo)
     prefix, fields = settings_fields(root / f"src/{combo.package}/settings.py")
     manifests = {
         p.name: [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
@@ -289,14 +303,14 @@ def test_the_secret_is_referenced_never_defined(project: Rendered) -> None:
         assert f"{project.prefix}DATABASE_URL" not in config
     env = (project.root / ".env").read_text()
     rendered_secret = env.split(f"{project.prefix}SECRET_KEY=")[1].split()[0]
-    readme = (project.root / "README.md").read_text()
+    deploy_doc = (project.root / "docs/deploy.md").read_text()
     for name in project.manifests:
         assert rendered_secret not in (project.root / K8S / name).read_text()
-    # The README says how to create it, with every key the manifests leave out.
-    assert f"kubectl create secret generic {secret}" in readme
-    assert f"--from-literal={project.prefix}SECRET_KEY=" in readme
+    # docs/deploy.md says how to create it, with every key the manifests leave out.
+    assert f"kubectl create secret generic {secret}" in deploy_doc
+    assert f"--from-literal={project.prefix}SECRET_KEY=" in deploy_doc
     if project.combo.database != "sqlite":
-        assert f"--from-literal={project.prefix}DATABASE_URL=" in readme
+        assert f"--from-literal={project.prefix}DATABASE_URL=" in deploy_doc
 
 
 def test_pods_run_locked_down(project: Rendered) -> None:
@@ -356,7 +370,7 @@ def test_termination_outlasts_the_apps_shutdown(project: Rendered) -> None:
 def test_migration_runs_before_the_api(project: Rendered) -> None:
     upgrade = ["alembic", "upgrade", "heads"]
     assert (project.root / "alembic.ini").is_file()
-    readme = (project.root / "README.md").read_text()
+    deploy_doc = (project.root / "docs/deploy.md").read_text()
     if project.combo.database == "sqlite":
         (init,) = pod_spec(project.api)["initContainers"]
         assert init["command"] == upgrade
@@ -368,18 +382,19 @@ def test_migration_runs_before_the_api(project: Rendered) -> None:
     assert job["spec"]["parallelism"] == job["spec"]["completions"] == 1
     assert pod_spec(job)["restartPolicy"] == "Never"
     assert "initContainers" not in pod_spec(project.api), "one migration, not one per replica"
-    assert f"kubectl wait --for=condition=complete job/{project.slug}-migrate" in readme
+    assert f"kubectl wait --for=condition=complete job/{project.slug}-migrate" in deploy_doc
 
 
 def test_the_first_step_applies_all_but_the_new_code(project: Rendered) -> None:
-    """README: `kubectl apply -k deploy/k8s -l SELECTOR` before the migration is waited for."""
-    readme = (project.root / "README.md").read_text()
-    found = re.search(r"kubectl apply -k deploy/k8s -l '([^']+)'", readme)
+    """docs/deploy.md: `kubectl apply -k deploy/k8s -l SELECTOR` before the migration is waited
+    for."""
+    deploy_doc = (project.root / "docs/deploy.md").read_text()
+    found = re.search(r"kubectl apply -k deploy/k8s -l '([^']+)'", deploy_doc)
     if project.combo.database == "sqlite":  # migrated by the API pod's init container
         assert not found, "SQLite needs one apply, no migration step"
-        assert "kubectl apply -k deploy/k8s\n" in readme
+        assert "kubectl apply -k deploy/k8s\n" in deploy_doc
         return
-    assert found, "the README's first apply step is missing"
+    assert found, "docs/deploy.md's first apply step is missing"
     requirements = [r.split("!=") for r in found.group(1).split(",")]
     assert all(len(r) == 2 for r in requirements), "only key!=value selectors are documented"
     selected = {
@@ -409,14 +424,38 @@ def test_worker_runs_the_queue(project: Rendered) -> None:
     assert spec["terminationGracePeriodSeconds"] > wait
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_auth_leaves_the_manifests_as_they_are(database: str, tmp_path: Path) -> None:
-    """Users live in the database the manifests already wire: auth adds no object, variable
-    or secret (the first superuser is made once by the command, not by the pods)."""
-    data = {"database": database, "package_name": "svc", "project_slug": "svc"}
-    without = render(tmp_path / "without", {**data, "features": list(DEFAULT_FEATURES)})
-    with_auth = render(tmp_path / "with", {**data, "features": [*DEFAULT_FEATURES, "auth"]})
-    names = sorted(p.name for p in (without / K8S).iterdir())
-    assert names == sorted(p.name for p in (with_auth / K8S).iterdir())
-    for name in names:
-        assert (without / K8S / name).read_text() == (with_auth / K8S / name).read_text(), name
+def manifests_of(root: Path, combo: Combo) -> dict[str, str]:
+    """The manifests' text, the combination's own package name (and env prefix) masked."""
+    texts = {path.name: path.read_text() for path in sorted((root / K8S).iterdir())}
+    return {
+        name: text.replace(combo.package, "PKG").replace(combo.package.upper(), "PKG")
+        for name, text in texts.items()
+    }
+
+
+# The options the manifests must not depend on, each flipped from two of the answer sets
+# above (every one of them, combined with every value of the factors, renders somewhere in
+# ``test_combinations``'s cheap checks).
+OTHER_OPTIONS = [name for name in FACTORS if name not in MANIFEST_FACTORS]
+POSTGRESQL_QUEUE_S3 = "postgresql-uploads+background_tasks-redis-queue-s3"
+
+
+@pytest.mark.parametrize("option", OTHER_OPTIONS)
+@pytest.mark.parametrize(
+    "base",
+    [c for c in ALL_COMBOS if c.id in ("sqlite-uploads+background_tasks", POSTGRESQL_QUEUE_S3)],
+    ids=lambda c: c.id,
+)
+def test_only_database_jobs_and_uploads_change_the_manifests(
+    base: Combo, option: str, renders: Renders
+) -> None:
+    """Users live in the database the manifests already wire, metrics and the upstream are
+    routes of the same pods, and the image's Python is not in them: each of those options
+    leaves every manifest byte for byte as it is (so the 27 answer sets above are all)."""
+    values = base.factors()
+    flipped = [value for value in FACTORS[option] if value != values[option]]
+    expected = manifests_of(renders.get(base), base)
+    for value in flipped:
+        other = Combo.from_factors({**values, option: value})
+        assert other in all_combos()
+        assert manifests_of(renders.get(other), other) == expected, f"{option}={value} changes them"
