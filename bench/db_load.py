@@ -78,7 +78,7 @@ SQLITE_POOL_PROBE = "from {package}.db import SQLITE_POOL_SIZE; print(SQLITE_POO
 MIN_RAW_RATIO = 0.40  # rendered req/s over raw req/s
 MAX_P99_RATIO = 3.0  # rendered p99 over raw p99
 # HEAD's list req/s over the previous release's: no regression. (0.4.0's keyset pages had to
-# beat 0.3.1's OFFSET pages by 1.5x; they did 1.35-1.59x, README.md.)
+# beat 0.3.1's OFFSET pages by 1.5x; they did 1.35-1.59x, docs/benchmarks.md.)
 MIN_LIST_RATIO = 0.9
 POOL_PROBE = (
     "import json; from {package}.settings import Settings; s = Settings(); "

@@ -1,11 +1,12 @@
-"""The template repository itself: its CI workflows, and README and .ci/run agreeing."""
+"""The template repository itself: its CI workflows, README and .ci/run agreeing, and the
+relative links of its docs and of a render's docs resolving."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from harness import BIN, ROOT, run
+from harness import BIN, EVERYTHING_OFF, FEATURES, ROOT, Combo, render, run
 
 WORKFLOW = ROOT / ".github/workflows/template.yml"
 
@@ -46,3 +47,53 @@ def test_template_workflow_tests_everything() -> None:
     assert "upload-artifact" in text
     for service in ("postgres:", "mariadb:", "redis:"):
         assert service in text
+
+
+# --- links between the docs -------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+EVERYTHING_ON = Combo("postgresql", FEATURES, queue="redis", storage="s3")
+
+
+def anchor(heading: str) -> str:
+    """GitHub's id of a heading: lower-cased, punctuation dropped, spaces as hyphens."""
+    text = heading.strip().lower().replace("`", "")
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(doc: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.DOTALL)
+    return {anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.MULTILINE)}
+
+
+def broken_links(root: Path) -> list[str]:
+    """Relative links of README.md and docs/*.md under ``root`` whose file or heading is missing
+    (links inside code are not links)."""
+    broken = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.DOTALL)
+        text = re.sub(r"`[^`\n]*`", "", text)
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, fragment = target.partition("#")
+            resolved = (doc.parent / path).resolve() if path else doc
+            where = f"{doc.relative_to(root)}: {target}"
+            if not resolved.exists():
+                broken.append(f"{where} (no such file)")
+            elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+                broken.append(f"{where} (no such heading)")
+    return broken
+
+
+def test_template_docs_links_resolve() -> None:
+    assert (ROOT / "docs").is_dir()
+    assert broken_links(ROOT) == []
+
+
+@pytest.mark.parametrize("combo", [EVERYTHING_ON, EVERYTHING_OFF], ids=lambda combo: combo.id)
+def test_rendered_docs_links_resolve(combo: Combo, tmp_path: Path) -> None:
+    """Links are rendered under the conditions of the features they name: a render with every
+    feature and every server, and one with none, have all their links."""
+    project = render(tmp_path / "project", combo.data())
+    assert broken_links(project) == []

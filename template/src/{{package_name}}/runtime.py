@@ -1,7 +1,7 @@
 """Process-wide tuning for serving, applied by the lifespan once the app's resources are open.
 
 Each setting here was kept because ``bench/`` in the template measured it under load
-(README, "Performance"):
+(docs/performance.md):
 
 - **Garbage collector.** After startup the heap holds hundreds of thousands of long-lived
   objects (modules, models, routes, compiled SQL). ``gc.freeze()`` moves them out of the
