@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from harness import BIN, Combo, render, rendered_files, run, uv
+from harness import BIN, Combo, render, rendered_files, run, sync, uv
 
 # Files each feature renders; none of them may exist when the feature is off.
 FEATURE_FILES = {
@@ -212,12 +213,31 @@ def ruff(project: Path) -> None:
 
 
 def run_suite(
-    project: Path, timings: Timings | None = None, *args: str, check: bool = True
+    project: Path,
+    timings: Timings | None = None,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The rendered project's own test command; returns the completed run."""
     cmd = uv("run", "--no-sync", "pytest", "-q", "-p", "no:cacheprovider", *args)
     with timings.step("suite") if timings else contextlib.nullcontext():
-        return run(cmd, project, check=check)
+        return run(cmd, project, check=check, env=env)
+
+
+SUITE_URLS = {
+    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+    "mysql": "mysql+asyncmy://root@127.0.0.1:3306/{name}",
+}
+
+
+def own_test_database(database: str, package: str, tag: str) -> tuple[dict[str, str], str]:
+    """``TEST_DATABASE_URL`` for a suite run on a project other tests run at the same time
+    (its throw-away databases are named after it), and the prefix of those names. It does
+    not start with the package, so the default-path check of ``test_combination`` (no
+    database of the server starts with the package once its suite ended) stays exact."""
+    name = f"{tag}_{package}_{secrets.token_hex(3)}"
+    return {"TEST_DATABASE_URL": SUITE_URLS[database].format(name=name)}, name
 
 
 SERVER_SQL = """
@@ -340,6 +360,19 @@ class Renders:
     def copy(self, combo: Combo, dst: Path) -> Path:
         shutil.copytree(self.get(combo), dst, symlinks=True)
         return dst
+
+    def installed(self, combo: Combo) -> Path:
+        """The combination rendered and ``uv sync``-ed once per run, shared by the tests that
+        serve it or run its suite (they add no file to it; each uses its own database)."""
+        project = self.root / "installed" / combo.id / "project"
+        synced = project.parent / "synced"  # the venv holds its path: made where it stays
+        with FileLock(self.root / f"{combo.id}.installed.lock"):
+            if not synced.is_file():
+                shutil.rmtree(project, ignore_errors=True)
+                self.copy(combo, project)
+                sync(project, combo.python)
+                synced.touch()
+        return project
 
     def once(self, key: str, action: Callable[[], str]) -> tuple[str, bool]:
         """``action()``'s text, run now or by an earlier test of this run with the same

@@ -74,10 +74,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         stack.close()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Heaviest first (``cost`` marks, in seconds measured on 2 cores), so that with
-    ``--dist worksteal`` the long builds start at once and the cheap checks fill the gaps."""
-    items.sort(key=lambda item: cost_of(item.nodeid), reverse=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest first (``COSTS``, seconds measured on 2 cores), shared out between the xdist
+    workers: ``--dist worksteal`` gives each worker one contiguous share of the list and
+    lets an idle worker take the tail of another's, so each share starts with its heavy
+    tests (the one with the least work so far takes the next) and ends with cheap ones."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    ordered = sorted(items, key=lambda item: cost_of(item.nodeid), reverse=True)
+    sizes, left = [], len(ordered)
+    for index in range(workers):  # the shares xdist's first distribution hands out
+        sizes.append(left // (workers - index))
+        left -= sizes[-1]
+    shares: list[list[pytest.Item]] = [[] for _ in sizes]
+    totals = [0.0 for _ in sizes]
+    for item in ordered:
+        open_shares = [i for i, share in enumerate(shares) if len(share) < sizes[i]]
+        share = min(open_shares, key=lambda i: totals[i])
+        shares[share].append(item)
+        totals[share] += cost_of(item.nodeid)
+    items[:] = [item for share in shares for item in share]
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +127,7 @@ class Progress:
         self.config = config
         self.heavy: set[str] = set()
         self.started: dict[str, float] = {}
-        self.done = 0
+        self.done: set[str] = set()
         self.began = time.monotonic()
 
     def write(self, text: str) -> None:
@@ -141,14 +156,12 @@ class Progress:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         name = report.nodeid
-        finished = report.when == "teardown" or (report.when != "call" and report.failed)
-        if name not in self.started or not finished or name.endswith("#done"):
+        if name not in self.started or name in self.done or report.when != "teardown":
             return
-        self.done += 1
+        self.done.add(name)
         seconds = time.monotonic() - self.started[name]
-        left = len(self.heavy) - self.done
+        left = len(self.heavy) - len(self.done)
         self.write(f"build done in {seconds:.0f}s, {left} left: {name}")
-        self.started[name + "#done"] = 0.0
 
 
 @pytest.hookimpl(tryfirst=True)

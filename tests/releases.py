@@ -150,16 +150,20 @@ def untagged_releases(repo: Path = ROOT) -> list[Release]:
     return [release for release in releases(repo) if release.tag not in existing]
 
 
-def tagged_clone(dst: Path, src: Path = ROOT) -> tuple[Path, list[Release]]:
+def tagged_clone(
+    dst: Path, src: Path = ROOT, work_tree: Path | None = None
+) -> tuple[Path, list[Release]]:
     """Clone the template (work in progress included, as one extra commit) and tag releases.
 
+    The work in progress is read from ``work_tree`` (default: ``src`` itself), e.g. a
+    snapshot of it that other renders of the same test run read too.
     A tag the clone already has (fetched from the published repository) is kept, never
     moved; it must point at its release's commit.
     """
     git("clone", "--quiet", str(src), str(dst), cwd=dst.parent)
     pending = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=src)
     for name in filter(None, pending.split("\0")):
-        source = src / name
+        source = (work_tree or src) / name
         if source.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dst / name)

@@ -31,7 +31,6 @@ from harness import (
     all_combos,
     answers,
     covering_combos,
-    render,
     rendered_files,
     sync,
     value_pairs,
@@ -55,6 +54,7 @@ from .checks import (
     Timings,
     check_deploy_files,
     lint,
+    own_test_database,
     passed_count,
     redis_keys,
     require_server,
@@ -260,25 +260,28 @@ def test_full_checks_cover_every_pair_of_option_values() -> None:
     assert len(covering) < len(all_combos()) / 4
 
 
+FAILING_TEST = "def test_fails() -> None:\n    raise AssertionError('deliberate')\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("database", ["postgresql", "mysql"])
 def test_server_suite_in_parallel_and_after_a_failure(
-    database: str, tmp_path: Path, timings: Timings
+    database: str, renders: Renders, tmp_path: Path, timings: Timings
 ) -> None:
-    """``pytest -n 2`` gets one database per worker; a failed run still drops them all."""
+    """``pytest -n 2`` gets one database per worker, every test passes but one deliberate
+    failure, and the failed run still drops every database it made."""
     require_server(database)
     combo = Combo(database, FEATURES)
-    project = render(tmp_path / "project", combo.data())
     with timings.step("uv sync"):
-        sync(project, combo.python)
-    result = run_suite(project, timings, "-n", "2")
-    assert passed_count(result) > 0
-    assert server_databases(project, database, combo.package) == []
-
-    (project / "tests" / "test_zz_failing.py").write_text(
-        "def test_fails() -> None:\n    raise AssertionError('deliberate')\n"
-    )
-    failed = run_suite(project, None, "-n", "2", check=False)
-    assert failed.returncode == 1, failed.stdout[-3000:]
-    assert "1 failed" in failed.stdout
-    assert server_databases(project, database, combo.package) == []
+        project = renders.installed(combo)  # shared with the served contract test
+    failing = tmp_path / "test_zz_failing.py"  # outside the shared project
+    failing.write_text(FAILING_TEST)
+    env, prefix = own_test_database(database, combo.package, "par")
+    args = ("-n", "2", "-rA", "tests", str(failing))
+    result = run_suite(project, timings, *args, check=False, env=env)
+    assert result.returncode == 1, result.stdout[-3000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "1 failed" in summary, summary
+    assert passed_count(result) > 100, summary
+    assert "FAILED ../" in result.stdout or "test_zz_failing.py::test_fails" in result.stdout
+    assert server_databases(project, database, prefix) == []

@@ -6,17 +6,20 @@ with a message that says what to start.
 """
 
 import re
-from pathlib import Path
 
-from harness import render, run, sync
+import pytest
+
+from harness import FEATURES, Combo, run
+
+from .checks import Renders
 
 CLOSED_PORT_URL = "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
 SERVERLESS_MODULES = ("tests/test_settings.py",)
 
 
-def test_tests_that_need_no_server_pass_without_one(tmp_path: Path) -> None:
-    project = render(tmp_path / "p", {"database": "postgresql", "package_name": "no_server"})
-    sync(project, "3.13")
+@pytest.mark.slow
+def test_tests_that_need_no_server_pass_without_one(renders: Renders) -> None:
+    project = renders.installed(Combo("postgresql", FEATURES))  # writes nothing to it
     result = run(
         ["uv", "run", "--no-sync", "pytest", "-q", "-p", "no:randomly", "-rfE"],
         project,

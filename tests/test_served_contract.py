@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import DATABASES, FEATURES, Combo, free_port, render, run, serve, sync, uv
+from harness import DATABASES, FEATURES, Combo, free_port, run, serve, uv
 
-from .checks import require_server, server_sql
+from .checks import Renders, require_server, server_sql
 
 URLS = {
     "sqlite": "sqlite+aiosqlite:///{tmp}/served.db",
@@ -27,13 +27,13 @@ URLS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", DATABASES)
-def test_served_app_keeps_its_contract(database: str, tmp_path: Path) -> None:
+def test_served_app_keeps_its_contract(database: str, renders: Renders, tmp_path: Path) -> None:
     if database != "sqlite":
         require_server(database)
     combo = Combo(database, FEATURES)
-    project = render(tmp_path / "project", combo.data())
-    sync(project, combo.python)
+    project = renders.installed(combo)  # shared with the server suite and range tests
     # Not prefixed by the package: other tests list the server's databases by that prefix.
     name = f"served_{combo.package}"
     if database != "sqlite":

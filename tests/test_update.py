@@ -18,9 +18,10 @@ import copier
 import pytest
 from copier.errors import UserMessageError
 
+import harness
 from harness import BIN, answers, render, rendered_files, sync
 
-from .checks import Timings, passed_count, require_server, run_suite
+from .checks import Renders, Timings, passed_count, require_server, run_suite, tree_digest
 from .releases import Release, git, releases, tagged_clone
 
 ANSWERS: dict[str, Any] = {
@@ -52,10 +53,50 @@ USER_FILES = ("src/acme_orders/greetings.py", "tests/test_greetings.py")
 EDITED_FILES = ("src/acme_orders/routers/items.py", "pyproject.toml", "README.md", ".env")
 
 
+def installed_suite(
+    project: Path, renders: Renders, timings: Timings, python: str = ANSWERS["python_version"]
+) -> str:
+    """``uv sync`` and the project's suite (``-rA``: each test named), once per run
+    for a given tree: updates that end in the same files as an earlier test's (from every
+    release to HEAD, checked equal to a fresh render plus the same edits) reuse its result.
+    """
+
+    def install_and_test() -> str:
+        with timings.step("uv sync"):
+            sync(project, python)
+        result = run_suite(project, timings, "-rA")
+        assert passed_count(result) > 0
+        return result.stdout
+
+    # The answers file names the template clone, one per worker; no test reads it.
+    digest = tree_digest(project, ignore=frozenset({".copier-answers.yml"}))
+    output, ran = renders.once(f"suite-{digest}", install_and_test)
+    if not ran:
+        with timings.step("suite of an earlier test on the same tree"):
+            pass
+    return output
+
+
+def previous(found: list[Release]) -> Release:
+    """The newest release before HEAD (HEAD itself may be a release commit)."""
+    head = git("rev-parse", "HEAD")
+    return [r for r in found if r.commit != head][-1]
+
+
+def tiered_versions() -> list[Any]:
+    """Every release; all but the previous one only in the full suite."""
+    found = releases()
+    last = previous(found)
+    slow = pytest.mark.slow
+    return [pytest.param(str(r.version), marks=() if r == last else slow) for r in found]
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Release]]:
     root = tmp_path_factory.mktemp("template") / "repo"
-    return tagged_clone(root)
+    # HEAD of the clone holds the files every other render of this run reads (the fresh
+    # renders compared with updated projects included).
+    return tagged_clone(root, work_tree=harness.snapshot())
 
 
 def commit_all(project: Path, message: str) -> None:
@@ -139,9 +180,13 @@ def render_release(
     return project
 
 
-@pytest.mark.parametrize("version", [str(release.version) for release in releases()])
+@pytest.mark.parametrize("version", tiered_versions())
 def test_update_from_release_keeps_user_edits(
-    template: tuple[Path, list[Release]], version: str, tmp_path: Path, timings: Timings
+    template: tuple[Path, list[Release]],
+    version: str,
+    renders: Renders,
+    tmp_path: Path,
+    timings: Timings,
 ) -> None:
     repo, found = template
     release = next(r for r in found if str(r.version) == version)
@@ -158,13 +203,11 @@ def test_update_from_release_keeps_user_edits(
     assert secret(project) == before_secret
     head = git("describe", "--tags", "--always", "HEAD", cwd=repo)
     assert answers(project)["_commit"] == head
-    fresh = render(tmp_path / "fresh", ANSWERS, src=repo)
+    fresh = render(tmp_path / "fresh", ANSWERS)
     assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
-    with timings.step("uv sync"):
-        sync(project, ANSWERS["python_version"])
-    result = run_suite(project, timings)
-    assert passed_count(result) > 0
-    assert "test_greetings.py" in run_suite(project, None, "-v").stdout
+    assert "PASSED tests/test_greetings.py::test_greet" in installed_suite(
+        project, renders, timings
+    )
 
 
 # (answers changed by the update, the release updated from, the server the suite needs)
@@ -184,25 +227,21 @@ CHANGES = [
 ]
 
 
-def previous_release(repo: Path, found: list[Release]) -> Release:
-    """The newest release before HEAD (HEAD itself may be a release commit)."""
-    head = git("rev-parse", "HEAD", cwd=repo)
-    return [r for r in found if git("rev-parse", f"{r.tag}^{{commit}}", cwd=repo) != head][-1]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "since", "server"), CHANGES)
 def test_update_with_changed_answers(
     template: tuple[Path, list[Release]],
     change: dict[str, Any],
     since: str,
     server: str | None,
+    renders: Renders,
     tmp_path: Path,
     timings: Timings,
 ) -> None:
     if server:
         require_server(server)
-    repo, found = template
-    release = found[0] if since == "first" else previous_release(repo, found)
+    _, found = template
+    release = found[0] if since == "first" else previous(found)
     project = render_release(template, release, tmp_path / "project")
     edit_like_a_user(project)
     commit_all(project, "user edits")
@@ -213,21 +252,22 @@ def test_update_with_changed_answers(
     assert_user_edits_intact(project)
     for key, value in change.items():
         assert answers(project)[key] == value
-    fresh = render(tmp_path / "fresh", {**ANSWERS, **change}, src=repo)
+    fresh = render(tmp_path / "fresh", {**ANSWERS, **change})
     assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
-    with timings.step("uv sync"):
-        sync(project, ANSWERS["python_version"])
-    assert passed_count(run_suite(project, timings)) > 0
+    assert "PASSED tests/test_greetings.py::test_greet" in installed_suite(
+        project, renders, timings
+    )
 
 
+@pytest.mark.slow
 def test_auth_turned_on_and_off_again(
-    template: tuple[Path, list[Release]], tmp_path: Path, timings: Timings
+    template: tuple[Path, list[Release]], renders: Renders, tmp_path: Path, timings: Timings
 ) -> None:
     """From the previous release, one ``copier update`` turns auth on and a later one turns it
     off: each merges cleanly, keeps the user's edits, equals a fresh render and passes its
     suite (item writes need a user in between, and no word of auth is left after)."""
-    repo, found = template
-    project = render_release(template, previous_release(repo, found), tmp_path / "project")
+    _, found = template
+    project = render_release(template, previous(found), tmp_path / "project")
     edit_like_a_user(project)
     commit_all(project, "user edits")
     steps = [("on", [*ANSWERS["features"], "auth"]), ("off", ANSWERS["features"])]
@@ -236,15 +276,16 @@ def test_auth_turned_on_and_off_again(
         assert_clean_merge(project)
         assert_user_edits_intact(project)
         assert answers(project)["features"] == features
-        fresh = render(tmp_path / f"fresh-{state}", {**ANSWERS, "features": features}, src=repo)
+        fresh = render(tmp_path / f"fresh-{state}", {**ANSWERS, "features": features})
         assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
         assert (project / f"src/{PKG}/auth.py").exists() == (state == "on")
-        with timings.step(f"uv sync (auth {state})"):
-            sync(project, ANSWERS["python_version"])
-        assert passed_count(run_suite(project, timings)) > 0
+        assert "PASSED tests/test_greetings.py::test_greet" in installed_suite(
+            project, renders, timings
+        )
         commit_all(project, f"auth {state}")
 
 
+@pytest.mark.slow
 def test_overlapping_edit_shows_inline_conflict_markers(
     template: tuple[Path, list[Release]], tmp_path: Path
 ) -> None:
@@ -269,7 +310,7 @@ def test_overlapping_edit_shows_inline_conflict_markers(
     assert not list(project.rglob("*.rej"))
 
 
-def snapshot(project: Path) -> dict[str, bytes]:
+def files_of(project: Path) -> dict[str, bytes]:
     return {str(p.relative_to(project)): p.read_bytes() for p in rendered_files(project)}
 
 
@@ -279,10 +320,10 @@ def test_dirty_work_tree_is_refused_and_untouched(
     _, found = template
     project = render_release(template, found[0], tmp_path / "project")
     (project / "README.md").write_text("uncommitted edit\n")
-    before = snapshot(project)
+    before = files_of(project)
     with pytest.raises(UserMessageError, match="dirty"):
         update(project)
-    assert snapshot(project) == before
+    assert files_of(project) == before
 
 
 def test_not_a_git_repository_is_refused_and_untouched(
@@ -290,12 +331,13 @@ def test_not_a_git_repository_is_refused_and_untouched(
 ) -> None:
     repo, found = template
     project = render(tmp_path / "project", ANSWERS, src=repo, vcs_ref=found[0].tag)
-    before = snapshot(project)
+    before = files_of(project)
     with pytest.raises(UserMessageError, match="git"):
         update(project)
-    assert snapshot(project) == before
+    assert files_of(project) == before
 
 
+@pytest.mark.slow
 def test_update_from_the_command_line(template: tuple[Path, list[Release]], tmp_path: Path) -> None:
     """The user's own command: ``copier update --defaults`` in the project, no --trust."""
     _, found = template

@@ -5,28 +5,18 @@ import json
 import time
 from pathlib import Path
 
-from harness import (
-    FEATURES,
-    Combo,
-    free_port,
-    http_json,
-    render,
-    run,
-    serve,
-    start,
-    stop,
-    sync,
-    uv,
-)
+import pytest
 
-from .checks import redis_keys, require_server
+from harness import FEATURES, Combo, free_port, http_json, run, serve, start, stop, uv
+
+from .checks import Renders, redis_keys, require_server
 
 
-def test_api_and_worker_processes_run_a_job(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_api_and_worker_processes_run_a_job(renders: Renders, tmp_path: Path) -> None:
     require_server("redis")
     combo = Combo("sqlite", FEATURES, queue="redis")
-    project = render(tmp_path / "project", combo.data())
-    sync(project, combo.python)
+    project = renders.installed(combo)
     prefix = combo.package.upper()
     port = free_port()
     queue = f"{combo.package}-e2e"
