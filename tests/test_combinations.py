@@ -31,6 +31,7 @@ from harness import (
     all_combos,
     answers,
     covering_combos,
+    render,
     rendered_files,
     sync,
     value_pairs,
@@ -260,6 +261,7 @@ def test_full_checks_cover_every_pair_of_option_values() -> None:
     assert len(covering) < len(all_combos()) / 4
 
 
+ALL_ON = Combo("postgresql", FEATURES, queue="redis", storage="s3")
 FAILING_TEST = "def test_fails() -> None:\n    raise AssertionError('deliberate')\n"
 
 
@@ -285,3 +287,22 @@ def test_server_suite_in_parallel_and_after_a_failure(
     assert passed_count(result) > 100, summary
     assert "FAILED ../" in result.stdout or "test_zz_failing.py::test_fails" in result.stdout
     assert server_databases(project, database, prefix) == []
+
+
+@pytest.mark.parametrize("combo", [DEFAULTS, ALL_ON], ids=lambda c: c.id)
+def test_compiled_once_renders_the_same_bytes(combo: Combo, tmp_path: Path) -> None:
+    """The harness compiles each Jinja source once per process (``harness.compiled_once``):
+    a render with that cache, after others filled it, equals one compiled from scratch, byte
+    for byte (the random secret in .env aside)."""
+    render(tmp_path / "warm-up", EVERYTHING_OFF.data())
+    cached = render(tmp_path / "cached", combo.data())
+    fresh = render(tmp_path / "fresh", combo.data(), compile_once=False)
+    key = f"{combo.package.upper()}_SECRET_KEY="
+
+    def files(project: Path) -> dict[str, str]:
+        texts = {str(p.relative_to(project)): p.read_text() for p in rendered_files(project)}
+        env = texts[".env"]
+        texts[".env"] = env.replace(env.split(key)[1].split()[0], "SECRET")
+        return texts
+
+    assert files(cached) == files(fresh)
