@@ -33,6 +33,15 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 RUN_STATE = pytest.StashKey[contextlib.ExitStack]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--exhaustive",
+        action="store_true",
+        help="also run the tests marked exhaustive (the weekly tier: every feature alone on "
+        "every database, the defaults on every Python)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Once per run, in xdist's controller before its workers start (they inherit the
     environment): a snapshot of the template's work tree that every render of HEAD reads,
@@ -75,10 +84,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Heaviest first (``COSTS``, seconds measured on 2 cores), shared out between the xdist
-    workers: ``--dist worksteal`` gives each worker one contiguous share of the list and
-    lets an idle worker take the tail of another's, so each share starts with its heavy
-    tests (the one with the least work so far takes the next) and ends with cheap ones."""
+    """Tests marked ``exhaustive`` only with ``--exhaustive``. Then heaviest first (``COSTS``,
+    seconds measured on 2 cores), shared out between the xdist workers: ``--dist worksteal``
+    gives each worker one contiguous share of the list and lets an idle worker take the tail
+    of another's, so each share starts with its heavy tests (the one with the least work so
+    far takes the next) and ends with cheap ones."""
+    if not config.getoption("--exhaustive"):
+        left_out = [item for item in items if item.get_closest_marker("exhaustive")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("exhaustive")]
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
     ordered = sorted(items, key=lambda item: cost_of(item.nodeid), reverse=True)
     sizes, left = [], len(ordered)

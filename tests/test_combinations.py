@@ -170,7 +170,27 @@ def test_render(combo: Combo, renders: Renders) -> None:
     ruff(project)
 
 
-@pytest.mark.parametrize("combo", tiered(covering_combos(), quick=[DEFAULTS]))
+def exhaustive_combos() -> list[Combo]:
+    """What the weekly tier adds to the covering set: each feature alone on each database
+    (in each of its storages and queues), so that no feature works only because another one
+    is on, and the defaults on every Python."""
+    alone = [
+        Combo(database, (feature,), queue=queue, storage=storage)
+        for database in FACTORS["database"]
+        for feature in FEATURES
+        for queue in (QUEUES if feature == "background_tasks" else QUEUES[:1])
+        for storage in (STORAGES if feature == "uploads" else STORAGES[:1])
+    ]
+    pythons = [Combo(DEFAULTS.database, DEFAULTS.features, python) for python in PYTHONS]
+    covering = set(covering_combos())
+    return [combo for combo in dict.fromkeys(alone + pythons) if combo not in covering]
+
+
+@pytest.mark.parametrize(
+    "combo",
+    tiered(covering_combos(), quick=[DEFAULTS])
+    + [pytest.param(c, id=c.id, marks=pytest.mark.exhaustive) for c in exhaustive_combos()],
+)
 def test_combination(
     combo: Combo, renders: Renders, tmp_path: Path, mypy_cache: Path, timings: Timings
 ) -> None:
