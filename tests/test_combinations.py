@@ -294,18 +294,19 @@ def test_server_suite_in_parallel_and_after_a_failure(
     failure, and the failed run still drops every database it made."""
     require_server(database)
     combo = Combo(database, FEATURES)
+    # A copy of its own: the deliberate failure joins its tests, which the shared installed
+    # project's other users must not collect (the feature fixtures are global plugins).
+    project = renders.copy(combo, tmp_path / "project")
     with timings.step("uv sync"):
-        project = renders.installed(combo)  # shared with the served contract test
-    failing = tmp_path / "test_zz_failing.py"  # outside the shared project
-    failing.write_text(FAILING_TEST)
+        sync(project, combo.python)
+    (project / "tests" / "test_zz_failing.py").write_text(FAILING_TEST)
     env, prefix = own_test_database(database, combo.package, "par")
-    args = ("-n", "2", "-rA", "tests", str(failing))
-    result = run_suite(project, timings, *args, check=False, env=env)
+    result = run_suite(project, timings, "-n", "2", "-rA", check=False, env=env)
     assert result.returncode == 1, result.stdout[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert "1 failed" in summary, summary
     assert passed_count(result) > 100, summary
-    assert "FAILED ../" in result.stdout or "test_zz_failing.py::test_fails" in result.stdout
+    assert "FAILED tests/test_zz_failing.py::test_fails" in result.stdout
     assert server_databases(project, database, prefix) == []
 
 
