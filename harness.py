@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -319,10 +320,14 @@ def _no_git() -> bool:
 # Jinja's compiled code for (environment syntax and options, source, name): Copier makes a
 # new environment for every render and compiles each of the template's ~800 sources (file
 # contents, path parts, question defaults) again, 70% of a render's CPU. The code depends on
-# the source and on what the key holds, not on the data it is rendered with
-# (``test_compiled_once_renders_the_same_bytes`` renders with and without it).
+# the source and on what the key holds, with one exception: Jinja folds a filter of
+# constants into the code at compile time, so a source using a filter whose result is not a
+# function of its input (``ans_random``, the secret's default; the time; the file system) is
+# compiled anew each time. ``test_compiled_once_renders_the_same_bytes`` renders with and
+# without the cache, ``test_each_render_gets_its_own_secret_only_in_env`` twice with it.
 _COMPILED: dict[tuple[Any, ...], Any] = {}
 _compile = jinja2.Environment.compile
+_IMPURE = re.compile(r"random|shuffle|strftime|now|glob|expand|realpath|relpath|lookup")
 
 
 def _environment_key(env: jinja2.Environment) -> tuple[Any, ...] | None:
@@ -355,7 +360,7 @@ def _compile_once(
     defer_init: bool = False,
 ) -> Any:
     key = _environment_key(env)
-    if key is None or not isinstance(source, str):
+    if key is None or not isinstance(source, str) or _IMPURE.search(source):
         return _compile(env, source, name, filename, raw, defer_init)
     key = (*key, source, name, filename, raw, defer_init)
     if key not in _COMPILED:
