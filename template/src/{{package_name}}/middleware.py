@@ -19,8 +19,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SKIP_ACCESS_LOG = "skip_access_log"
 
 
-def skip_access_log(request: Request) -> None:
-    """A dependency: the route's requests write no access line (e.g. a frequent probe)."""
+async def skip_access_log(request: Request) -> None:
+    """A dependency: the route's requests write no access line (e.g. a frequent probe).
+    ``async def``: FastAPI would run a plain ``def`` in a worker thread, for every probe."""
     request.scope[SKIP_ACCESS_LOG] = True
 
 

@@ -27,9 +27,19 @@ from .schemas import INT32_MAX
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 50
-MAX_CURSOR_LENGTH = 128
 # The OpenAPI format of a cursor: a string only this API issues (tests generate real ones).
 CURSOR_FORMAT = "page-cursor"
+
+
+def encode_cursor(key: int) -> str:
+    """The cursor of the page that starts right after the row whose key is ``key``."""
+    raw = json.dumps([key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+# The longest cursor the API issues, the one after the largest key (16 characters): a longer
+# one is refused before it is decoded. Paging on a BIGINT key, use its largest value here.
+MAX_CURSOR_LENGTH = len(encode_cursor(INT32_MAX))
 
 PageSize = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="rows per page")]
 Cursor = Annotated[
@@ -40,12 +50,6 @@ Cursor = Annotated[
         json_schema_extra={"format": CURSOR_FORMAT},
     ),
 ]
-
-
-def encode_cursor(key: int) -> str:
-    """The cursor of the page that starts right after the row whose key is ``key``."""
-    raw = json.dumps([key], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def decode_cursor(cursor: str | None, max_key: int = INT32_MAX) -> int | None:
