@@ -52,6 +52,7 @@ FEATURE_FILES = {
         "src/{pkg}/observability.py",
         "src/{pkg}/routers/metrics.py",
         "tests/test_observability.py",
+        "tests/observability.py",
         "docs/observability.md",
     ],
     "auth": [
