@@ -18,13 +18,9 @@ import pytest
 
 from harness import DATABASES, FEATURES, Combo, free_port, run, serve, uv
 
-from .checks import Renders, require_server, server_sql
+from .checks import SUITE_URLS, Renders, require_server, server_sql
 
-URLS = {
-    "sqlite": "sqlite+aiosqlite:///{tmp}/served.db",
-    "postgresql": "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
-    "mysql": "mysql+asyncmy://root@127.0.0.1:3306/{name}",
-}
+URLS = {"sqlite": "sqlite+aiosqlite:///{tmp}/served.db", **SUITE_URLS}
 
 
 @pytest.mark.slow
