@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, params
+from fastapi import APIRouter, Depends, FastAPI, Request, params
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .db import ReadSession, get_read_session, get_session, get_sessionmaker
@@ -38,6 +38,25 @@ class Guard:
     responses: dict[int | str, dict[str, Any]] = field(default_factory=dict)
 
 
-# What the app's own write routes (``items.write_router``) require: nothing, unless a feature
-# puts a guard here in its ``install`` (auth: a signed-in user).
-WRITE_GUARD = AppResource("write_guard", Guard)
+# What every route requires but the public ones (the health probes, and those a feature mounts
+# as public, such as a sign-in or a metrics scrape): nothing, unless a feature puts a guard
+# here in its ``install`` (auth: a signed-in user). Routes reach the app through ``include``
+# below, which applies it, so a route added later is guarded too.
+GUARD = AppResource("guard", Guard)
+
+
+def include(
+    app: FastAPI, router: APIRouter, *, public: bool = False, max_body_size: int | None = None
+) -> None:
+    """Mount ``router``'s routes on ``app`` behind the app's ``GUARD`` (unless ``public``).
+
+    ``create_app`` installs the feature that guards (auth) before every other, so the guard is
+    in place when their routes are included.
+    """
+    guard = Guard() if public else GUARD.find(app) or Guard()
+    app.include_router(
+        router,
+        dependencies=guard.dependencies,
+        responses=guard.responses,
+        max_body_size=max_body_size,
+    )

@@ -1,7 +1,8 @@
 """The example resource: create, read, list, update and delete items.
 
-Reads are open to anyone; writes are on ``write_router``, which ``create_app`` mounts behind
-``deps.WRITE_GUARD`` (with the auth feature: a signed-in user).
+``create_app`` mounts the routes behind ``deps.GUARD`` (with the auth feature: a signed-in
+user), and each one asks ``OwnerDep`` which items the request may see (with auth: a user's
+own, every item for an administrator; see ``owners.py``).
 """
 
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..deps import ReadSessionDep, SessionDep
 from ..models import Item
+from ..owners import Owner, OwnerDep
 from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
 from ..schemas import (
     BODY_ERRORS,
@@ -30,8 +32,6 @@ ITEM_COLUMNS = select(*Item.__table__.columns)
 ITEM_BY_ID = ITEM_COLUMNS.where(Item.id == bindparam("item_id"))
 
 router = APIRouter(prefix="/items", tags=["items"])
-# Writes apart: ``create_app`` mounts them behind ``deps.WRITE_GUARD`` (a user, with auth on).
-write_router = APIRouter(prefix="/items", tags=["items"])
 
 ItemId = Annotated[int, Path(ge=1, le=INT32_MAX)]
 
@@ -39,9 +39,9 @@ NOT_FOUND = error_responses(status.HTTP_404_NOT_FOUND)
 CONFLICT = error_responses(status.HTTP_409_CONFLICT)
 
 
-async def _get_or_404(session: AsyncSession, item_id: int) -> Item:
+async def _get_or_404(session: AsyncSession, item_id: int, owner: Owner) -> Item:
     item = await session.get(Item, item_id)
-    if item is None:
+    if item is None or not owner.may_see(item):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
     return item
 
@@ -56,9 +56,10 @@ async def _flush_or_409(session: AsyncSession, name: str) -> None:
         ) from None
 
 
-@write_router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
-async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
+@router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
+async def create_item(body: ItemCreate, session: SessionDep, owner: OwnerDep) -> ItemRead:
     item = Item(**body.model_dump())
+    owner.claim(item)
     session.add(item)
     await _flush_or_409(session, body.name)
     return ItemRead.model_validate(item)
@@ -66,10 +67,13 @@ async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
 
 @router.get("", response_model=ItemPage)
 async def list_items(
-    session: ReadSessionDep, limit: PageSize = DEFAULT_PAGE_SIZE, cursor: Cursor = None
+    session: ReadSessionDep,
+    owner: OwnerDep,
+    limit: PageSize = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Items in id order, a keyset page at a time (see ``pagination.py``)."""
-    statement = ITEM_COLUMNS.order_by(Item.id).limit(limit + 1)
+    statement = owner.scope(ITEM_COLUMNS, Item).order_by(Item.id).limit(limit + 1)
     after = decode_cursor(cursor)
     if after is not None:
         statement = statement.where(Item.id > after)
@@ -79,16 +83,19 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=ItemRead, responses=NOT_FOUND)
-async def get_item(item_id: ItemId, session: ReadSessionDep) -> RowMapping:
-    row = (await session.execute(ITEM_BY_ID, {"item_id": item_id})).mappings().one_or_none()
+async def get_item(item_id: ItemId, session: ReadSessionDep, owner: OwnerDep) -> RowMapping:
+    result = await session.execute(owner.scope(ITEM_BY_ID, Item), {"item_id": item_id})
+    row: RowMapping | None = result.mappings().one_or_none()
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item_id} not found")
     return row
 
 
-@write_router.patch("/{item_id}", responses=BODY_ERRORS | NOT_FOUND | CONFLICT)
-async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) -> ItemRead:
-    item = await _get_or_404(session, item_id)
+@router.patch("/{item_id}", responses=BODY_ERRORS | NOT_FOUND | CONFLICT)
+async def update_item(
+    item_id: ItemId, body: ItemUpdate, session: SessionDep, owner: OwnerDep
+) -> ItemRead:
+    item = await _get_or_404(session, item_id, owner)
     changes = body.model_dump(exclude_unset=True)
     for field, value in changes.items():
         setattr(item, field, value)
@@ -96,6 +103,6 @@ async def update_item(item_id: ItemId, body: ItemUpdate, session: SessionDep) ->
     return ItemRead.model_validate(item)
 
 
-@write_router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
-async def delete_item(item_id: ItemId, session: SessionDep) -> None:
-    await session.delete(await _get_or_404(session, item_id))
+@router.delete("/{item_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+async def delete_item(item_id: ItemId, session: SessionDep, owner: OwnerDep) -> None:
+    await session.delete(await _get_or_404(session, item_id, owner))
