@@ -11,6 +11,7 @@ answer calls for.
 from __future__ import annotations
 
 import ast
+import ipaddress
 import math
 import re
 from dataclasses import dataclass
@@ -266,6 +267,23 @@ def test_ports_match_the_app_and_the_service(project: Rendered) -> None:
     for port in project.one("Service", project.slug)["spec"]["ports"]:
         target = port["targetPort"]
         assert ports.get(target, target) == app_port, f"Service targets {target}"
+
+
+def test_containers_fail_closed_and_believe_only_private_proxies(project: Rendered) -> None:
+    """The image and the manifests run as production (whose guards refuse the example
+    secret), and believe X-Forwarded-For only from the private networks, never "*" (with
+    which uvicorn takes the first address, the one a client writes); compose agrees."""
+    prefix = project.prefix
+    dockerfile = (project.root / "Dockerfile").read_text()
+    assert re.search(rf"^\s+{prefix}ENVIRONMENT=production \\$", dockerfile, re.MULTILINE)
+    assert project.config[f"{prefix}ENVIRONMENT"] == "production"
+    trusted = project.config[f"{prefix}FORWARDED_ALLOW_IPS"]
+    networks = [ipaddress.ip_network(entry) for entry in trusted.split(",")]
+    assert all(network.is_private for network in networks), trusted
+    compose = yaml.safe_load((project.root / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        if "build" in service:  # the app's image: the API, the migration, the worker
+            assert service["environment"][f"{prefix}FORWARDED_ALLOW_IPS"] == trusted, name
 
 
 def test_every_variable_is_a_setting_under_the_prefix(project: Rendered) -> None:

@@ -6,12 +6,14 @@ server (``__main__``), migrations (``migrations/env.py``) and any other entry po
 
 import logging
 import logging.config
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from asgi_correlation_id import CorrelationIdFilter
+from sqlalchemy.exc import DBAPIError
 
 from .settings import Settings
 
@@ -58,6 +60,82 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class DatabaseErrorFilter(logging.Filter):
+    """Log a database error's trace without the database's messages.
+
+    The engine hides the values bound to a statement (``db.create_engine``), but the server's
+    message may repeat them: PostgreSQL's ``DETAIL: Key (email)=(...) already exists``,
+    MySQL's ``Duplicate entry '...'``. A logged error raised by the driver (and the driver's
+    own exceptions it chains to) shows its class, error code and SQL statement instead; an
+    error the app raised while handling it keeps its message. ``show_values`` (with
+    ``DATABASE_ECHO``, which logs the values anyway) leaves the messages in.
+    """
+
+    def __init__(self, show_values: bool = False) -> None:
+        super().__init__()
+        self.show_values = show_values
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and not self.show_values and _chain_has_database_error(error):
+            record.exc_text = _trace_without_database_messages(error)
+            record.exc_info = None  # formatters use exc_text then
+        return True
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and those it was raised from or during, the earliest first (as printed)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return chain[::-1]
+
+
+def _chain_has_database_error(error: BaseException) -> bool:
+    return any(isinstance(each, DBAPIError) for each in _chain(error))
+
+
+def _trace_without_database_messages(error: BaseException) -> str:
+    chain = _chain(error)
+    last_database_error = max(i for i, each in enumerate(chain) if isinstance(each, DBAPIError))
+    parts: list[str] = []
+    for position, each in enumerate(chain):
+        if position:
+            parts.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if each.__cause__ is chain[position - 1]
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(each.__traceback__))
+        if position > last_database_error:  # raised by the app while handling it
+            parts.append("".join(traceback.format_exception_only(each)))
+            continue
+        line = f"{type(each).__module__}.{type(each).__qualname__}"
+        if isinstance(each, DBAPIError):
+            line += f": [SQL: {each.statement}]"
+        line += "".join(f" [{label}: {value}]" for label, value in _error_codes(each))
+        parts.append(line + " (the database's message is not logged)\n")
+    return "".join(parts).rstrip("\n")
+
+
+def _error_codes(error: BaseException) -> list[tuple[str, object]]:
+    """What names a driver's error without repeating data: PostgreSQL's SQLSTATE and
+    constraint, MySQL's error number."""
+    codes: list[tuple[str, object]] = []
+    for label in ("sqlstate", "constraint_name"):
+        value = getattr(error, label, None)
+        if isinstance(value, str):
+            codes.append((label, value))
+    if error.args and isinstance(error.args[0], int):
+        codes.append(("code", error.args[0]))
+    return codes
+
+
 def logging_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` mapping, also handed to uvicorn for its workers."""
     formatter: dict[str, Any] = (
@@ -82,13 +160,14 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             "request_id": {"()": CorrelationIdFilter, "default_value": "-"},
             "context": {"()": ContextFieldsFilter},
             "redact": {"()": RedactFilter},
+            "database_errors": {"()": DatabaseErrorFilter, "show_values": settings.database_echo},
         },
         "formatters": {"default": formatter},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
-                "filters": ["request_id", "context", "redact"],
+                "filters": ["request_id", "context", "redact", "database_errors"],
                 "stream": "ext://sys.stderr",
             }
         },
