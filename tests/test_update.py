@@ -8,8 +8,11 @@ updated with ``run_update(..., defaults=True, overwrite=True)``.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
+import sqlite3
 import subprocess
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 from copier.errors import UserMessageError
 
 import harness
-from harness import BIN, answers, render, rendered_files, sync
+from harness import BIN, answers, render, rendered_files, sync, uv
 
 from .checks import Renders, Timings, passed_count, require_server, run_suite, tree_digest
 from .releases import Release, git, releases, tagged_clone
@@ -285,6 +288,94 @@ def test_auth_turned_on_and_off_again(
             project, renders, timings
         )
         commit_all(project, f"auth {state}")
+
+
+# Run in the project after the update that turned auth on: what each kind of user sees of the
+# rows written before (an item, an upload, a job, none with an owner).
+SEEN_AFTER_AUTH = """
+import asyncio, json, sys
+import httpx2
+from asgi_lifespan import LifespanManager
+from {pkg}.app import create_app
+
+async def main(ids):
+    app = create_app()
+    async with LifespanManager(app):
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+            async def token(email, password):
+                form = {{"username": email, "password": password}}
+                response = await client.post("/auth/token", data=form)
+                return {{"Authorization": "Bearer " + response.json()["access_token"]}}
+            seen = {{}}
+            root = await token("root@acme.test", "root-password-long-enough")
+            user = {{"email": "clerk@acme.test", "password": "clerk-password-long-enough"}}
+            assert (await client.post("/users", json=user, headers=root)).status_code == 201
+            clerk = await token(user["email"], user["password"])
+            for who, headers in (("superuser", root), ("user", clerk), ("anonymous", {{}})):
+                seen[who] = [
+                    (await client.get("/items/" + ids["item"], headers=headers)).status_code,
+                    (await client.get("/uploads/" + ids["upload"] + "/meta", headers=headers)).status_code,
+                    (await client.get("/tasks/" + ids["job"], headers=headers)).status_code,
+                ]
+    print(json.dumps(seen))
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+def test_auth_turned_on_keeps_earlier_rows_for_superusers(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """A project of the previous release with items, uploads and jobs in its database turns
+    auth on: the migration keeps every row, without an owner, so superusers see them and
+    other users get 404s (what the upgrade notes say)."""
+    _, found = template
+    features = ["uploads", "background_tasks"]
+    project = render_release(template, previous(found), tmp_path / "project", features=features)
+    database = tmp_path / "acme.db"
+    env = {
+        "ACME_ORDERS_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "ACME_ORDERS_ENVIRONMENT": "development",
+        "ACME_ORDERS_UPLOAD_DIR": str(tmp_path / "uploads"),
+    }
+    sync(project)
+    commit_all(project, "lock file")  # as a user would: uv sync wrote uv.lock
+    harness.run(uv("run", "alembic", "upgrade", "heads"), project, env=env)
+    ids = {"item": "7", "upload": "0" * 31 + "1", "job": "0" * 31 + "2"}
+    with sqlite3.connect(database) as connection:
+        connection.execute("INSERT INTO items (id, name, price_cents) VALUES (7, 'old', 1)")
+        connection.execute(
+            "INSERT INTO uploads (id, filename, content_type, size, sha256)"
+            " VALUES (?, 'a.pdf', 'application/pdf', 1, ?)",
+            (ids["upload"], "0" * 64),
+        )
+        connection.execute(
+            "INSERT INTO jobs (id, kind, status, payload) VALUES (?, 'word_count', 'succeeded', '{}')",
+            (ids["job"],),
+        )
+
+    update(project, {"features": [*features, "auth"]})
+    assert_clean_merge(project)
+    sync(project)
+    harness.run(uv("run", "alembic", "upgrade", "heads"), project, env=env)
+    with sqlite3.connect(database) as connection:
+        for table in ("items", "uploads", "jobs"):
+            rows = connection.execute(f"SELECT owner_id FROM {table}").fetchall()  # noqa: S608
+            assert rows == [(None,)], table
+    superuser = {
+        **env,
+        "ACME_ORDERS_FIRST_SUPERUSER_EMAIL": "root@acme.test",
+        "ACME_ORDERS_FIRST_SUPERUSER_PASSWORD": "root-password-long-enough",
+    }
+    harness.run(uv("run", "python", "-m", f"{PKG}.create_superuser"), project, env=superuser)
+    script = SEEN_AFTER_AUTH.format(pkg=PKG)
+    ids["upload"] = str(uuid.UUID(ids["upload"]))
+    ids["job"] = str(uuid.UUID(ids["job"]))
+    result = harness.run(uv("run", "python", "-c", script, json.dumps(ids)), project, env=env)
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {"superuser": [200, 200, 200], "user": [404, 404, 404], "anonymous": [401] * 3}
 
 
 @pytest.mark.slow
