@@ -63,6 +63,7 @@ FEATURE_FILES = {
         "tests/test_auth.py",
         "tests/test_users.py",
         "migrations/versions/0005_users.py",
+        "migrations/versions/0006_user_tokens.py",
         "docs/auth.md",
     ],
 }
