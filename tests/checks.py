@@ -64,6 +64,7 @@ FEATURE_FILES = {
         "tests/test_auth.py",
         "tests/test_users.py",
         "migrations/versions/0005_users.py",
+        "migrations/versions/0006_user_tokens.py",
         "migrations/versions/0007_owners.py",
         "docs/auth.md",
     ],
