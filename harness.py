@@ -424,12 +424,17 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def http_json(method: str, url: str, body: object = None, timeout: float = 5.0) -> Any:
+def http_json(
+    method: str,
+    url: str,
+    body: object = None,
+    timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     """Send ``body`` as JSON; the JSON answer (urllib's HTTPError on an error status)."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json"}
-    )
+    sent = {"content-type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -16,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,3 +437,28 @@ HEAVY = 20.0
 def cost_of(nodeid: str) -> float:
     function = nodeid.split("::")[-1].split("[")[0]
     return COSTS.get(function, 1.0)
+
+
+# The first superuser of a served project (``auth``), made by the documented command.
+SUPERUSER = {"username": "root@example.com", "password": "a-long-root-password"}
+
+
+def create_superuser(project: Path, package: str, env: dict[str, str]) -> None:
+    """``python -m <package>.create_superuser`` with ``SUPERUSER``'s e-mail and password."""
+    prefix = package.upper()
+    run(
+        uv("run", "--no-sync", "python", "-m", f"{package}.create_superuser"),
+        project,
+        env={
+            **env,
+            f"{prefix}_FIRST_SUPERUSER_EMAIL": SUPERUSER["username"],
+            f"{prefix}_FIRST_SUPERUSER_PASSWORD": SUPERUSER["password"],
+        },
+    )
+
+
+def sign_in(base: str) -> dict[str, str]:
+    """The headers that sign a request to the server at ``base`` in as ``SUPERUSER``."""
+    form = urllib.parse.urlencode(SUPERUSER).encode()
+    with urllib.request.urlopen(f"{base}/auth/token", data=form, timeout=10) as answer:
+        return {"Authorization": f"Bearer {json.load(answer)['access_token']}"}

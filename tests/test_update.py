@@ -313,10 +313,10 @@ async def main(ids):
             assert (await client.post("/users", json=user, headers=root)).status_code == 201
             clerk = await token(user["email"], user["password"])
             for who, headers in (("superuser", root), ("user", clerk), ("anonymous", {{}})):
+                paths = ("/items/" + ids["item"], "/uploads/" + ids["upload"] + "/meta",
+                         "/tasks/" + ids["job"])
                 seen[who] = [
-                    (await client.get("/items/" + ids["item"], headers=headers)).status_code,
-                    (await client.get("/uploads/" + ids["upload"] + "/meta", headers=headers)).status_code,
-                    (await client.get("/tasks/" + ids["job"], headers=headers)).status_code,
+                    (await client.get(path, headers=headers)).status_code for path in paths
                 ]
     print(json.dumps(seen))
 
@@ -352,7 +352,8 @@ def test_auth_turned_on_keeps_earlier_rows_for_superusers(
             (ids["upload"], "0" * 64),
         )
         connection.execute(
-            "INSERT INTO jobs (id, kind, status, payload) VALUES (?, 'word_count', 'succeeded', '{}')",
+            "INSERT INTO jobs (id, kind, status, payload)"
+            " VALUES (?, 'word_count', 'succeeded', '{}')",
             (ids["job"],),
         )
 
@@ -362,7 +363,7 @@ def test_auth_turned_on_keeps_earlier_rows_for_superusers(
     harness.run(uv("run", "alembic", "upgrade", "heads"), project, env=env)
     with sqlite3.connect(database) as connection:
         for table in ("items", "uploads", "jobs"):
-            rows = connection.execute(f"SELECT owner_id FROM {table}").fetchall()  # noqa: S608
+            rows = connection.execute(f"SELECT owner_id FROM {table}").fetchall()
             assert rows == [(None,)], table
     superuser = {
         **env,

@@ -9,7 +9,7 @@ import pytest
 
 from harness import FEATURES, Combo, free_port, http_json, run, serve, start, stop, uv
 
-from .checks import Renders, redis_keys, require_server
+from .checks import Renders, create_superuser, redis_keys, require_server, sign_in
 
 
 @pytest.mark.slow
@@ -28,6 +28,7 @@ def test_api_and_worker_processes_run_a_job(renders: Renders, tmp_path: Path) ->
         f"{prefix}_LOG_LEVEL": "warning",
     }
     run(uv("run", "--no-sync", "alembic", "upgrade", "heads"), project, env=env)
+    create_superuser(project, combo.package, env)
     python = project / ".venv/bin/python"
     worker_log = tmp_path / "worker.log"
     worker = start(
@@ -38,12 +39,14 @@ def test_api_and_worker_processes_run_a_job(renders: Renders, tmp_path: Path) ->
     )
     try:
         with serve([python, "-m", combo.package], env, port, cwd=project) as base:
-            job = http_json("POST", f"{base}/tasks/word-count", {"text": "four words right here"})
+            headers = sign_in(base)  # every feature is on: jobs need a user
+            body = {"text": "four words right here"}
+            job = http_json("POST", f"{base}/tasks/word-count", body, headers=headers)
             deadline = time.monotonic() + 30
             status = job
             while status["status"] in ("queued", "running") and time.monotonic() < deadline:
                 time.sleep(0.2)
-                status = http_json("GET", f"{base}/tasks/{job['id']}")
+                status = http_json("GET", f"{base}/tasks/{job['id']}", headers=headers)
             assert status["status"] == "succeeded", status
             assert status["result"] == {"words": 4, "characters": 21}
     finally:
