@@ -10,7 +10,8 @@ first superuser with the project's own ``python -m <pkg>.create_superuser``. Eac
 serves the app as shipped (``python -m <pkg>``: the project's defaults, log level info, so a
 JSON access line per request) with the sign-in failure limits changed: ``LOGIN_FAILURES_*``
 are ``1000000/minute`` instead of ``5/15 minutes`` per account and address (and the others),
-or the wrong-password samples would measure 429s (successes count nothing). Sign-in verifies an Argon2id hash (m=64 MiB, t=3, p=4) in a worker thread.
+or the wrong-password samples would measure 429s (successes count nothing). Sign-in
+verifies an Argon2id hash (m=64 MiB, t=3, p=4) in a worker thread.
 Each run measures, on one server:
 
 - one request at a time (``--samples`` of each kind, interleaved, on one kept-alive
