@@ -1,10 +1,10 @@
 """What ``/health/ready`` checks: named checks, each with its own timeout.
 
 The core checks the database itself (``routers/health.py``). A feature that adds a
-dependency the app cannot serve without (the Redis queue, the S3 bucket) adds its check to
-the app's ``READINESS_CHECKS`` in its lifespan, once its resource is open, under the name
-the probe reports (``{"checks": {"redis": "failed: ConnectionError"}}``). The checks run at
-once: the probe answers within the longest timeout, not their sum.
+dependency the app cannot serve without (a job queue's server, an object store's bucket)
+adds its check to the app's ``READINESS_CHECKS`` in its lifespan, once its resource is
+open, under the name the probe reports (``{"checks": {"<name>": "failed: <error type>"}}``).
+The checks run at once: the probe answers within the longest timeout, not their sum.
 """
 
 import asyncio
