@@ -167,7 +167,7 @@ QUEUE_FILES = [
 INPROCESS_FILES = ["src/{pkg}/runner.py", "tests/test_runner.py"]
 QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
 # Uploads on S3 (upload_storage=s3) or on local disk: each without the other's files and words.
-S3_FILES = ["src/{pkg}/storage_s3.py", "tests/buckets.py"]
+S3_FILES = ["src/{pkg}/storage_s3.py", "tests/buckets.py", "tests/test_uploads_s3.py"]
 LOCAL_STORAGE_FILES = ["src/{pkg}/storage_local.py"]
 S3_TRACES = ["aiobotocore", "s3_", "seaweedfs", "buckets.py"]
 LOCAL_STORAGE_TRACES = ["aiofiles", "upload_dir", "UPLOAD_DIR"]
@@ -429,6 +429,7 @@ COSTS = {
     "test_update_with_changed_answers": 60.0,
     "test_update_from_release_keeps_user_edits": 60.0,
     "test_api_and_worker_processes_run_a_job": 40.0,
+    "test_s3_outage_in_the_middle_of_an_upload_leaves_nothing": 30.0,
     "test_tests_that_need_no_server_pass_without_one": 40.0,
 }
 HEAVY = 20.0
