@@ -50,6 +50,8 @@ FEATURE_FILES = {
         "tests/test_tasks.py",
         "migrations/versions/0003_jobs.py",
         "migrations/versions/0004_typed_jobs.py",
+        "migrations/versions/0008_job_leases.py",
+        "docs/jobs.md",
     ],
     "observability": [
         "src/{pkg}/observability.py",
