@@ -431,6 +431,7 @@ COSTS = {
     "test_update_with_changed_answers": 60.0,
     "test_update_from_release_keeps_user_edits": 60.0,
     "test_api_and_worker_processes_run_a_job": 40.0,
+    "test_no_job_is_lost_to_redis_outages_or_stopped_workers": 30.0,
     "test_tests_that_need_no_server_pass_without_one": 40.0,
 }
 HEAVY = 20.0
