@@ -50,6 +50,8 @@ FEATURE_FILES = {
         "tests/test_tasks.py",
         "migrations/versions/0003_jobs.py",
         "migrations/versions/0004_typed_jobs.py",
+        "migrations/versions/0008_job_leases.py",
+        "docs/jobs.md",
     ],
     "observability": [
         "src/{pkg}/observability.py",
@@ -430,6 +432,7 @@ COSTS = {
     "test_update_from_release_keeps_user_edits": 60.0,
     "test_api_and_worker_processes_run_a_job": 40.0,
     "test_s3_outage_in_the_middle_of_an_upload_leaves_nothing": 30.0,
+    "test_no_job_is_lost_to_redis_outages_or_stopped_workers": 30.0,
     "test_tests_that_need_no_server_pass_without_one": 40.0,
 }
 HEAVY = 20.0

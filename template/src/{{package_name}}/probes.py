@@ -10,21 +10,26 @@ The checks run at once: the probe answers within the longest timeout, not their 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import FastAPI
 
 from .state import AppResource
 
 OK = "ok"
+# What ``/health/ready`` answers: 200 for "ok" and "degraded", 503 for "unavailable".
+Readiness = Literal["ok", "degraded", "unavailable"]
 
 
 @dataclass(frozen=True)
 class ReadinessCheck:
     """One dependency: ``probe`` raises, or overruns ``timeout_seconds``, when it cannot be
-    used now."""
+    used now. A check that is not ``required`` is reported but does not make the app
+    unready: the app serves without it, less well (``"status": "degraded"``, still 200)."""
 
     probe: Callable[[], Awaitable[object]]
     timeout_seconds: float
+    required: bool = True
 
     async def run(self) -> str:
         """``"ok"``, or ``"failed: <error type>"`` (no message: it may name hosts or users)."""
@@ -49,3 +54,12 @@ async def run_checks(checks: Mapping[str, ReadinessCheck]) -> dict[str, str]:
     """Every check's result, by name; all run at once."""
     results = await asyncio.gather(*(check.run() for check in checks.values()))
     return dict(zip(checks, results, strict=True))
+
+
+def readiness(checks: Mapping[str, ReadinessCheck], results: Mapping[str, str]) -> Readiness:
+    """``"ok"``; ``"degraded"`` when only checks that are not required failed; else
+    ``"unavailable"``."""
+    failed = [name for name, result in results.items() if result != OK]
+    if not failed:
+        return "ok"
+    return "unavailable" if any(checks[name].required for name in failed) else "degraded"

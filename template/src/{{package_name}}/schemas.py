@@ -1,10 +1,12 @@
 """Pydantic request and response models."""
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
+
+from .probes import Readiness
 
 # The largest value of an INTEGER column on every backend: ids and counts are bounded by it,
 # so a bigger number is a 422, not a database error.
@@ -96,5 +98,5 @@ class ItemPage(BaseModel):
 
 
 class HealthStatus(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Readiness
     checks: dict[str, str] = Field(default_factory=dict)

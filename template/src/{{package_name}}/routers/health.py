@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..deps import SessionmakerDep, SettingsDep
-from ..probes import OK, READINESS_CHECKS, ReadinessCheck, run_checks
+from ..probes import READINESS_CHECKS, ReadinessCheck, readiness, run_checks
 from ..schemas import HealthStatus
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -32,10 +32,12 @@ async def ready(
     request: Request, sessionmaker: SessionmakerDep, settings: SettingsDep, response: Response
 ) -> HealthStatus:
     """Every dependency answers within its timeout: the database (a real ``SELECT 1``) and
-    each one a feature added (``probes.py``); otherwise 503 naming the failed checks."""
+    each one a feature added (``probes.py``); otherwise 503 naming the failed checks. One
+    the app serves without (not ``required``) is named but leaves it ready: "degraded"."""
     database = ReadinessCheck(partial(select_one, sessionmaker), settings.health_timeout_seconds)
-    checks = await run_checks({"database": database, **READINESS_CHECKS.get(request)})
-    if all(result == OK for result in checks.values()):
-        return HealthStatus(status="ok", checks=checks)
-    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return HealthStatus(status="unavailable", checks=checks)
+    checks = {"database": database, **READINESS_CHECKS.get(request)}
+    results = await run_checks(checks)
+    state = readiness(checks, results)
+    if state == "unavailable":
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return HealthStatus(status=state, checks=results)
