@@ -1,9 +1,9 @@
 """Idempotency keys: a client that retries a ``POST`` which creates something (an item, a job,
-an upload) sends the same ``Idempotency-Key`` header again, and gets the first answer again
-(status, body, ``Location``) instead of a second row.
+a stored file) sends the same ``Idempotency-Key`` header again, and gets the first answer
+again (status, body, ``Location``) instead of a second row.
 
 A route takes part by taking ``IdempotencyDep`` (a JSON body, hashed here) or
-``StreamedIdempotencyDep`` (a body the route reads itself, such as a streamed upload: it calls
+``StreamedIdempotencyDep`` (a body the route reads itself, such as a streamed file: it calls
 ``settle`` with its own hash once it has read it) **before** ``SessionDep`` in its parameters,
 documenting ``RESPONSES``, and by calling ``record`` with its answer on the request's session
 before that commits. Without the header nothing changes.
