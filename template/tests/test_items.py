@@ -196,3 +196,10 @@ async def test_delete_removes_the_item(client: httpx2.AsyncClient) -> None:
     response = await client.delete(f"/items/{item['id']}")
     assert response.status_code == 204
     assert (await client.get(f"/items/{item['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize("body", [{"name": "a\u0000b"}, {"name": "ab", "description": "\u0000"}])
+async def test_a_nul_character_is_refused(client: httpx2.AsyncClient, body: dict[str, str]) -> None:
+    """PostgreSQL stores no NUL in text: the schema refuses it (422) on every backend."""
+    response = await client.post("/items", json=body)
+    assert response.status_code == 422

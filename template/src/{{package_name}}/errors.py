@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .idempotency import Replay, replay
 from .logs import REQUEST_ID_HEADER
 from .schemas import ErrorBody, FieldError
 
@@ -137,5 +138,7 @@ class PlainErrorBodyMiddleware:
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    # Not an error: a retry's answer is the first one (idempotency keys).
+    app.add_exception_handler(Replay, replay)
     app.add_exception_handler(Exception, unhandled_error)
     app.add_middleware(PlainErrorBodyMiddleware)

@@ -31,6 +31,12 @@ class Owner:
     def claim(self, row: Owned) -> None:
         """Make a new row this owner's."""
 
+    @property
+    def identity(self) -> str:
+        """Who this is, as a short string that tells owners apart (``idempotency.py`` keeps
+        each owner's keys apart by it): none for everyone."""
+        return ""
+
 
 EVERYONE = Owner()
 _STATE_KEY = "owner"

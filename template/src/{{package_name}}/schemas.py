@@ -50,13 +50,18 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 BODY_ERRORS = error_responses(400, 413)
 
 
+# PostgreSQL cannot store the NUL character in text: a name or description with one is refused
+# by the schema (a 422, and published), not left to fail in the database (a 500).
+NO_NUL = r"^[^\x00]*$"
+
+
 # Request bodies are strict: what the published schema calls an integer or a string must be
 # one (a JSON ``false`` or ``"12"`` is a 422, not coerced), and unknown fields are refused.
 class ItemCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=100)
-    description: str | None = Field(default=None, max_length=1000)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    description: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
     price_cents: PriceCents = 0
 
 
@@ -65,8 +70,10 @@ class ItemUpdate(BaseModel):
 
     # May be left out, but not null: the published schema says so (SkipJsonSchema hides the
     # None that only stands for "left out").
-    name: Annotated[str, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = None
-    description: str | None = Field(default=None, max_length=1000)
+    name: (
+        Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)] | SkipJsonSchema[None]
+    ) = None
+    description: str | None = Field(default=None, max_length=1000, pattern=NO_NUL)
     price_cents: PriceCents | SkipJsonSchema[None] = None
 
     @field_validator("name", "price_cents")

@@ -13,6 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..deps import ReadSessionDep, SessionDep
+from ..idempotency import RESPONSES as IDEMPOTENCY
+from ..idempotency import IdempotencyDep
 from ..models import Item
 from ..owners import Owner, OwnerDep
 from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
@@ -56,13 +58,20 @@ async def _flush_or_409(session: AsyncSession, name: str) -> None:
         ) from None
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT)
-async def create_item(body: ItemCreate, session: SessionDep, owner: OwnerDep) -> ItemRead:
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses=BODY_ERRORS | CONFLICT | IDEMPOTENCY
+)
+async def create_item(
+    body: ItemCreate, idempotency: IdempotencyDep, session: SessionDep, owner: OwnerDep
+) -> ItemRead:
+    """Create an item; with an ``Idempotency-Key``, a retry gets the first answer again."""
     item = Item(**body.model_dump())
     owner.claim(item)
     session.add(item)
     await _flush_or_409(session, body.name)
-    return ItemRead.model_validate(item)
+    answer = ItemRead.model_validate(item)
+    await idempotency.record(session, answer)  # commits with the item
+    return answer
 
 
 @router.get("", response_model=ItemPage)
