@@ -7,6 +7,7 @@ run of a job, with its worker and when it started and ended)."""
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -110,7 +111,9 @@ def test_no_job_is_lost_to_redis_outages_or_stopped_workers(
     require_server("postgresql")
     combo = Combo("postgresql", ("background_tasks",), queue="redis")
     project = renders.installed(combo)
-    name = f"faults_{combo.package}"  # not prefixed by the package (see test_served_contract)
+    # Not prefixed by the package (see test_served_contract); a suffix of its own, so that two
+    # runs of the template's tests on one server never share it.
+    name = f"faults_{combo.package}_{secrets.token_hex(4)}"
     server_sql(project, "postgresql", f"DROP DATABASE IF EXISTS {name}")
     server_sql(project, "postgresql", f"CREATE DATABASE {name}")
     prefix, redis_port, port = combo.package.upper(), free_port(), free_port()
