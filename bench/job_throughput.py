@@ -1,6 +1,5 @@
-"""Jobs per second through the Redis queue: the design before (taskiq on a Redis stream,
-``--before``, default: where this branch left main) and after (the database is the queue,
-claims with a lease, Redis only wakes the workers), measured in the same run.
+"""Jobs per second through the Redis queue: the design before (``--before``, default: where
+this branch left main) and after (this work tree), measured in the same run.
 
     uv run python bench/job_throughput.py [--jobs 1000] [--workers 2] [--runs 3]
 
@@ -8,9 +7,11 @@ For each design: renders ``background_tasks`` with the Redis queue on PostgreSQL
 database of its own, posts ``--jobs`` jobs (no pause in them) through the served API while
 no worker runs, then starts ``--workers`` worker processes and times the drain: from the
 first job leaving ``queued`` to the last one ``succeeded`` (the database polled every 20 ms).
-Workers: ``--workers 1`` each before (taskiq's default of 100 jobs at a time per process),
-``--concurrency 16`` after. Needs PostgreSQL and Redis on 127.0.0.1. Prints each run and the
-medians; the last line is a JSON object.
+Workers: ``--concurrency 16`` each where the worker takes it (the database is the queue);
+``--workers 1`` each for a render from before that (taskiq on a Redis stream, its default of
+100 jobs at a time per process; issue 22 measured that design against the first claims).
+Needs PostgreSQL and Redis on 127.0.0.1. Prints each run and the medians; the last line is
+a JSON object.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def measure(project: Path, design: str, jobs: int, workers: int, tmp: Path) -> f
                 ]
                 assert all(post.result()["status"] == "queued" for post in posts)
             time.sleep(1)  # the last hand-offs (after the responses) are done
-            options = ["--workers", "1"] if design == "before" else ["--concurrency", "16"]
+            options = ["--concurrency", "16"] if claims(project) else ["--workers", "1"]
             processes = [
                 start(
                     [python, "-m", f"{PACKAGE}.worker", *options],
@@ -102,6 +103,11 @@ def measure(project: Path, design: str, jobs: int, workers: int, tmp: Path) -> f
         return float(json.loads(drained.stdout)["seconds"])
     finally:
         server_sql(project, "postgresql", f"DROP DATABASE IF EXISTS {name}")
+
+
+def claims(project: Path) -> bool:
+    """Whether the render's worker claims jobs from the database (takes ``--concurrency``)."""
+    return "--concurrency" in (project / "src" / PACKAGE / "worker.py").read_text()
 
 
 def main() -> None:
