@@ -2,16 +2,21 @@
 
 The project is rendered from an old release with non-default answers, committed, edited like
 a user would (a route, a new module and test, a dependency, README, .env), committed, then
-updated with ``run_update(..., defaults=True, overwrite=True)``.
+updated with ``run_update(..., defaults=True, overwrite=True, unsafe=True)``: ``unsafe`` is the
+command line's ``--trust``, which an update crossing a release with a migration (0.9.0 moved
+the features' modules, hooks/0.9.0_features_in_folders.py) needs.
 """
 
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import json
 import os
+import re
 import sqlite3
 import subprocess
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -19,10 +24,11 @@ from typing import Any
 
 import copier
 import pytest
-from copier.errors import UserMessageError
+from copier.errors import UnsafeTemplateError, UserMessageError
+from packaging.version import Version
 
 import harness
-from harness import BIN, answers, render, rendered_files, sync, uv
+from harness import BIN, FEATURES, answers, render, rendered_files, sync, uv
 
 from .checks import Renders, Timings, passed_count, require_server, run_suite, tree_digest
 from .releases import Release, git, releases, tagged_clone
@@ -168,10 +174,18 @@ def secret(project: Path) -> str:
 
 
 def update(project: Path, data: dict[str, Any] | None = None) -> None:
+    """``copier update --defaults --trust --vcs-ref HEAD``: a user crossing 0.9.0 must trust
+    the template (its migration carries their edits of the modules that moved)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         copier.run_update(
-            project, data=data or {}, defaults=True, overwrite=True, quiet=True, vcs_ref="HEAD"
+            project,
+            data=data or {},
+            defaults=True,
+            overwrite=True,
+            quiet=True,
+            vcs_ref="HEAD",
+            unsafe=True,
         )
 
 
@@ -433,11 +447,12 @@ def test_not_a_git_repository_is_refused_and_untouched(
 
 @pytest.mark.slow
 def test_update_from_the_command_line(template: tuple[Path, list[Release]], tmp_path: Path) -> None:
-    """The user's own command: ``copier update --defaults`` in the project, no --trust."""
+    """The user's own command: ``copier update --defaults --trust`` in the project (--trust:
+    from before 0.9.0, Copier runs the migration that carries edits of moved modules)."""
     _, found = template
     project = render_release(template, found[0], tmp_path / "project")
     result = subprocess.run(
-        ["copier", "update", "--defaults", "--vcs-ref", "HEAD"],
+        ["copier", "update", "--defaults", "--trust", "--vcs-ref", "HEAD"],
         cwd=project,
         capture_output=True,
         text=True,
@@ -446,3 +461,338 @@ def test_update_from_the_command_line(template: tuple[Path, list[Release]], tmp_
     )
     assert result.returncode == 0, result.stderr
     assert_clean_merge(project)
+
+
+# --- 0.9.0: the features' modules moved into src/<pkg>/features/<name>/ ---------------------
+#
+# Copier has no rename detection: an edit of a module that moves would be applied to its old
+# path, rejected, and lost when the old path is deleted. The migration
+# hooks/0.9.0_features_in_folders.py (copier.yml ``_migrations``, run with --trust) carries
+# the edits over to the new path with a 3-way merge.
+
+MOVED = Version("0.9.0")
+HOOK = harness.ROOT / "hooks" / f"{MOVED}_features_in_folders.py"
+
+
+def _load_hook() -> Any:
+    spec = importlib.util.spec_from_file_location("features_in_folders", HOOK)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MOVES: tuple[tuple[str, str], ...] = _load_hook().MOVES
+
+
+def src(path: str) -> str:
+    """A module's path in the project, from its path in the package."""
+    return f"src/{PKG}/{path}"
+
+
+def before_the_move() -> list[Release]:
+    """The last two releases before the move, oldest first."""
+    return [release for release in releases() if release.version < MOVED][-2:]
+
+
+@pytest.fixture(scope="module")
+def moving_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Release]]:
+    """A tagged clone whose HEAD is, for Copier, 0.9.0 or later: Copier runs a migration only
+    when the template's version at the ref updated to is at least the migration's. Until
+    CHANGELOG.md has the 0.9.0 heading, HEAD is ``v0.8.0-N-g<hash>`` (0.8.0.postN) and no
+    update crosses 0.9.0, so HEAD gets the tag v0.9.0 here; from the release on, the tags of
+    ``tagged_clone`` are used as they are. (Not the shared ``template``: a tag there would
+    change what other tests update to.)"""
+    root = tmp_path_factory.mktemp("moving") / "repo"
+    repo, found = tagged_clone(root, work_tree=harness.snapshot())
+    if not any(release.version >= MOVED for release in found):
+        git("tag", f"v{MOVED}", "HEAD", cwd=repo)
+    return repo, found
+
+
+# (old path, new path, a line of the module the move leaves alone since 0.7.0, a comment the
+# user adds above it): edits inside functions, next to no line the release changes.
+MOVE_EDITS = (
+    (
+        "storage.py",
+        "features/uploads/storage.py",
+        "    if not _KEY.fullmatch(key):",
+        "    # Acme: keys are checked before a backend sees them.",
+    ),
+    (
+        "routers/uploads.py",
+        "features/uploads/routes.py",
+        '    return f"attachment; filename=',
+        "    # Acme: browsers save the file under this name.",
+    ),
+    (
+        "http.py",
+        "features/http_client/client.py",
+        "    return HTTP_CLIENT.get(request)",
+        "    # Acme: one client per app.",
+    ),
+    (
+        "auth.py",
+        "features/auth/security.py",
+        "    return email.strip().lower()",
+        "    # Acme: addresses compare case-insensitively.",
+    ),
+    (
+        "jobs.py",
+        "features/jobs/jobs.py",
+        "    if job.delay_seconds:",
+        "    # Acme: the delay is for demos.",
+    ),
+)
+ALL_FEATURES = list(FEATURES)
+
+
+def insert_above(text: str, anchor: str, line: str) -> str:
+    lines = text.splitlines(keepends=True)
+    found = [i for i, existing in enumerate(lines) if existing.startswith(anchor)]
+    assert len(found) == 1, f"{anchor!r} found {len(found)} times"
+    lines.insert(found[0], line + "\n")
+    return "".join(lines)
+
+
+def resolve(text: str, side: str) -> str:
+    """``text`` with each conflict resolved by taking one side (``ours``: before updating)."""
+    pattern = re.compile(
+        r"^<<<<<<< before updating\n(.*?)^=======\n(.*?)^>>>>>>> after updating\n",
+        re.MULTILINE | re.DOTALL,
+    )
+    return pattern.sub(lambda match: match.group(1 if side == "ours" else 2), text)
+
+
+def assert_rendered_files_not_ignored(project: Path, fresh: Path) -> None:
+    """Every file the template renders (but .env) is one ``git add -A`` commits."""
+    git("add", "-A", cwd=project)
+    listed = git("ls-files", "--others", "--ignored", "--exclude-standard", "-z", cwd=project)
+    ignored = set(filter(None, listed.split("\0")))
+    rendered = {str(p.relative_to(fresh)) for p in rendered_files(fresh)} - {".env"}
+    assert sorted(ignored & rendered) == [], "rendered files that .gitignore leaves out"
+
+
+@pytest.mark.parametrize("version", [str(r.version) for r in before_the_move()])
+def test_update_across_the_move_carries_edits_to_the_new_paths(
+    moving_template: tuple[Path, list[Release]],
+    version: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """From each of the last two releases before 0.9.0, with every feature on: the user's
+    edits of modules that move are in the new modules, merged cleanly; the old paths are gone;
+    every other file is a fresh render's; the migration says what it carried."""
+    _, found = moving_template
+    release = next(r for r in found if str(r.version) == version)
+    project = render_release(moving_template, release, tmp_path / "project", features=ALL_FEATURES)
+    for old, _, anchor, line in MOVE_EDITS:
+        module = project / src(old)
+        module.write_text(insert_above(module.read_text(), anchor, line))
+    commit_all(project, "user edits of modules that move in 0.9.0")
+    capfd.readouterr()
+
+    update(project)
+
+    said = capfd.readouterr().err
+    assert_clean_merge(project)
+    for old, _ in MOVES:
+        assert not (project / src(old)).exists(), f"{src(old)} left behind"
+    fresh = render(tmp_path / "fresh", {**ANSWERS, "features": ALL_FEATURES})
+    for old, new, anchor, line in MOVE_EDITS:
+        expected = insert_above((fresh / src(new)).read_text(), anchor, line)
+        assert (project / src(new)).read_text() == expected, f"{src(new)}: not the edit alone"
+        carried = f"{MOVED} moved {src(old)} to {src(new)}: your changes were carried over\n"
+        assert carried in said
+    edited = {src(new) for _, new, _, _ in MOVE_EDITS}
+    assert_equals_fresh_render(project, fresh, edited | {".env"})
+    assert not git("ls-files", "--unmerged", cwd=project)
+    assert_rendered_files_not_ignored(project, fresh)
+
+
+def test_update_across_the_move_edit_on_a_changed_line_conflicts(
+    moving_template: tuple[Path, list[Release]],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """An edit of a line the move changes (a relative import): inline conflict markers in the
+    new module, recorded as a conflict in git's index, and nothing lost: one side is the
+    user's module, the other the release's."""
+    _, found = moving_template
+    release = next(r for r in found if r == before_the_move()[-1])
+    project = render_release(moving_template, release, tmp_path / "project")
+    old, new = "storage.py", "features/uploads/storage.py"
+    module = project / src(old)
+    ours = module.read_text().replace(
+        "from .state import AppResource\n", "from .state import AppResource  # Acme: ours\n"
+    )
+    assert "# Acme: ours" in ours
+    module.write_text(ours)
+    commit_all(project, "user edit of an import line")
+    capfd.readouterr()
+
+    update(project)
+
+    said = capfd.readouterr().err
+    assert f"moved {src(old)} to {src(new)}: your changes were carried over with conflicts" in said
+    assert not (project / src(old)).exists()
+    assert not list(project.rglob("*.rej"))
+    text = (project / src(new)).read_text()
+    assert "<<<<<<< before updating\n" in text
+    assert ">>>>>>> after updating\n" in text
+    fresh = render(tmp_path / "fresh", ANSWERS)
+    assert resolve(text, "theirs") == (fresh / src(new)).read_text()
+    assert "from .state import AppResource  # Acme: ours\n" in resolve(text, "ours")
+    assert git("ls-files", "--unmerged", "--", src(new), cwd=project)
+
+
+def test_update_across_the_move_without_trust_is_refused_and_untouched(
+    moving_template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """Without --trust (``unsafe``), Copier refuses an update that would run the migration,
+    saying why, before it changes anything."""
+    _, found = moving_template
+    release = next(r for r in found if r == before_the_move()[-1])
+    project = render_release(moving_template, release, tmp_path / "project")
+    before = files_of(project)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UnsafeTemplateError, match="unsafe feature: migrations") as refused:
+            copier.run_update(project, defaults=True, overwrite=True, quiet=True, vcs_ref="HEAD")
+    assert "--trust" in str(refused.value)
+    assert files_of(project) == before
+    assert git("status", "--porcelain", cwd=project) == ""
+
+
+# --- the migration alone, on a project moved by hand as 0.9.0 would -------------------------
+
+
+def run_hook(project: Path) -> subprocess.CompletedProcess[str]:
+    """The migration as Copier runs it: its interpreter, in the project."""
+    return subprocess.run(
+        [sys.executable, str(HOOK), PKG, ".copier-answers.yml"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def move_by_hand(project: Path, rendered: str, keep: frozenset[str] = frozenset()) -> None:
+    """What ``copier update`` across 0.9.0 does to moved modules, in a small way: the old path
+    deleted (the template rendered it; not in ``keep``), the new path written with the old
+    render's module, each relative import now ``from ...`` (the lines the move changes)."""
+    for old, new in MOVES:
+        if (project / src(old)).exists() and old not in keep:
+            pristine = git("show", f"{rendered}:{src(old)}", cwd=project) + "\n"
+            (project / src(old)).unlink()
+            (project / src(new)).parent.mkdir(parents=True, exist_ok=True)
+            (project / src(new)).write_text(re.sub(r"^from \.+", "from ...", pristine, flags=re.M))
+
+
+def test_migration_carries_edits_reports_and_is_idempotent(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """Each case the migration meets, in one project of the last release before the move:
+    an edit away from what moved (carried, clean), an edit of an import line the move changes
+    (carried, conflict recorded in the index), a module not edited (left as the release has
+    it), a module the user had deleted (reported), the user's own module at an old path the
+    template did not render (left alone, reported), an edited module of a feature the update
+    turned off (gone, as any other module of it). A second run changes nothing."""
+    _, found = template
+    release = next(r for r in found if r.version == before_the_move()[-1].version)
+    project = render_release(template, release, tmp_path / "project")
+    rendered = git("rev-parse", "HEAD", cwd=project)
+    storage = project / src("storage.py")
+    storage.write_text(insert_above(storage.read_text(), *MOVE_EDITS[0][2:]))
+    uploads = project / src("routers/uploads.py")
+    ours = uploads.read_text().replace(
+        "from ..db import Database\n", "from ..db import Database  # x\n"
+    )
+    assert "  # x\n" in ours
+    uploads.write_text(ours)
+    local = project / src("storage_local.py")
+    local.write_text(local.read_text() + "# Acme: local only\n")
+    (project / src("routers/upstream.py")).unlink()
+    own = "# Acme's own job helpers\n"
+    (project / src("jobs.py")).write_text(own)
+    commit_all(project, "user edits")
+    move_by_hand(project, rendered, keep=frozenset({"jobs.py"}))
+    (project / src("features/uploads/storage_local.py")).unlink()  # upload_storage: s3 now
+    (project / src("features/http_client/routes.py")).write_text("# 0.9.0's upstream\n")
+    (project / src("features/jobs")).mkdir(parents=True)
+    (project / src("features/jobs/jobs.py")).write_text("# 0.9.0's jobs\n")
+    moved = {str(p.relative_to(project)): p.read_bytes() for p in rendered_files(project)}
+
+    first = run_hook(project)
+
+    assert first.returncode == 0, first.stderr
+    said = first.stderr.splitlines()
+    carried = "your changes were carried over"
+    assert sorted(said) == sorted(
+        [
+            f"0.9.0 moved {src('storage.py')} to {src('features/uploads/storage.py')}: {carried}",
+            f"0.9.0 moved {src('routers/uploads.py')} to {src('features/uploads/routes.py')}: "
+            f"{carried} with conflicts to resolve",
+            f"0.9.0 moved {src('routers/upstream.py')} to {src('features/http_client/routes.py')}"
+            f": you had deleted {src('routers/upstream.py')}, and the update wrote the release's "
+            f"{src('features/http_client/routes.py')}: delete it again if you do not want it",
+            f"0.9.0 moved {src('jobs.py')} to {src('features/jobs/jobs.py')}: your "
+            f"{src('jobs.py')}, which the template did not render, is left where it is",
+        ]
+    ), first.stderr
+    after = {str(p.relative_to(project)): p.read_bytes() for p in rendered_files(project)}
+    changed = {name for name in after.keys() | moved.keys() if after.get(name) != moved.get(name)}
+    assert changed == {src("features/uploads/storage.py"), src("features/uploads/routes.py")}
+    clean = (project / src("features/uploads/storage.py")).read_text()
+    assert MOVE_EDITS[0][3] in clean
+    assert "<<<<<<<" not in clean
+    conflicted = (project / src("features/uploads/routes.py")).read_text()
+    assert "from ..db import Database  # x\n" in resolve(conflicted, "ours")
+    assert "from ...db import Database\n" in resolve(conflicted, "theirs")
+    unmerged = git("ls-files", "--unmerged", cwd=project).splitlines()
+    assert sorted(line.split()[2] for line in unmerged) == ["1", "2", "3"]
+    assert {line.split("\t")[1] for line in unmerged} == {src("features/uploads/routes.py")}
+    assert (project / src("jobs.py")).read_text() == own
+
+    second = run_hook(project)
+
+    assert second.returncode == 0, second.stderr
+    again = {str(p.relative_to(project)): p.read_bytes() for p in rendered_files(project)}
+    assert again == after
+    assert "already carried over, with conflicts to resolve" in second.stderr
+    assert carried not in second.stderr
+
+
+def test_migration_that_cannot_render_the_last_release_fails_saying_what_to_do(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """Without the base of the merge (the template cannot be rendered again) the migration
+    exits non-zero, so Copier reports the update failed, and says where the user's modules
+    are; it changes nothing."""
+    _, found = template
+    release = next(r for r in found if r.version == before_the_move()[-1].version)
+    project = render_release(template, release, tmp_path / "project")
+    rendered = git("rev-parse", "HEAD", cwd=project)
+    storage = project / src("storage.py")
+    storage.write_text(storage.read_text() + "# Acme\n")
+    answers_file = project / ".copier-answers.yml"
+    answers_file.write_text(
+        re.sub(
+            r"^_src_path: .*$",
+            f"_src_path: {tmp_path / 'gone'}",
+            answers_file.read_text(),
+            flags=re.M,
+        )
+    )
+    commit_all(project, "user edit; the template moved away")
+    move_by_hand(project, rendered)
+    moved = files_of(project)
+
+    result = run_hook(project)
+
+    assert result.returncode == 1
+    assert "migration failed: could not render" in result.stderr
+    assert "git show HEAD:" in result.stderr
+    assert files_of(project) == moved
