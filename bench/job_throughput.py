@@ -86,9 +86,12 @@ def measure(project: Path, design: str, jobs: int, workers: int, tmp: Path) -> f
                 assert all(post.result()["status"] == "queued" for post in posts)
             time.sleep(1)  # the last hand-offs (after the responses) are done
             options = ["--concurrency", "16"] if claims(project) else ["--workers", "1"]
+            # 0.9.0 moved each feature into features/<name>/
+            moved = (project / f"src/{PACKAGE}/features/jobs/worker.py").exists()
+            worker = f"{PACKAGE}.features.jobs.worker" if moved else f"{PACKAGE}.worker"
             processes = [
                 start(
-                    [python, "-m", f"{PACKAGE}.worker", *options],
+                    [python, "-m", worker, *options],
                     env,
                     cwd=project,
                     log=tmp / f"{design}-worker{n}.log",

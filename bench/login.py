@@ -205,7 +205,10 @@ def create_superuser(project: Project, url: str) -> None:
         "FIRST_SUPERUSER_EMAIL": EMAIL,
         "FIRST_SUPERUSER_PASSWORD": PASSWORD,
     }
-    cmd: list[str | Path] = [project.python, "-m", f"{project.package}.create_superuser"]
+    module = f"{project.package}.features.auth.create_superuser"
+    if not (project.path / "src" / project.package / "features/auth").is_dir():
+        module = f"{project.package}.create_superuser"  # before 0.9.0
+    cmd: list[str | Path] = [project.python, "-m", module]
     run(cmd, cwd=project.path, env=project.env(settings), timeout=DB_TIMEOUT)
 
 

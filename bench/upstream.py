@@ -84,7 +84,13 @@ from {package}.settings import Settings
 s = Settings()
 print(json.dumps({{k: v for k, v in s.model_dump().items() if k.startswith("upstream_")}}))
 """
-CLIENT_PROBE = "import {package}.http as h; print(h.httpx.__name__, h.httpx.__version__)"
+CLIENT_PROBE = """
+try:
+    import {package}.features.http_client.client as h
+except ImportError:  # before 0.9.0
+    import {package}.http as h
+print(h.httpx.__name__, h.httpx.__version__)
+"""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -31,22 +31,25 @@ from harness import BIN, Combo, render, rendered_files, run, sync, uv
 # Files each feature renders; none of them may exist when the feature is off.
 FEATURE_FILES = {
     "http_client": [
-        "src/{pkg}/http.py",
-        "src/{pkg}/routers/upstream.py",
+        "src/{pkg}/features/http_client/client.py",
+        "src/{pkg}/features/http_client/routes.py",
+        "src/{pkg}/features/http_client/settings.py",
         "tests/test_upstream.py",
         "tests/upstream.py",
     ],
     "uploads": [
-        "src/{pkg}/storage.py",
-        "src/{pkg}/upload_stream.py",
-        "src/{pkg}/routers/uploads.py",
+        "src/{pkg}/features/uploads/storage.py",
+        "src/{pkg}/features/uploads/stream.py",
+        "src/{pkg}/features/uploads/routes.py",
+        "src/{pkg}/features/uploads/settings.py",
         "tests/test_uploads.py",
         "migrations/versions/0002_uploads.py",
         "docs/uploads.md",
     ],
     "background_tasks": [
-        "src/{pkg}/jobs.py",
-        "src/{pkg}/routers/tasks.py",
+        "src/{pkg}/features/jobs/jobs.py",
+        "src/{pkg}/features/jobs/routes.py",
+        "src/{pkg}/features/jobs/settings.py",
         "tests/test_tasks.py",
         "migrations/versions/0003_jobs.py",
         "migrations/versions/0004_typed_jobs.py",
@@ -54,16 +57,19 @@ FEATURE_FILES = {
         "docs/jobs.md",
     ],
     "observability": [
-        "src/{pkg}/observability.py",
-        "src/{pkg}/routers/metrics.py",
+        "src/{pkg}/features/observability/telemetry.py",
+        "src/{pkg}/features/observability/routes.py",
+        "src/{pkg}/features/observability/settings.py",
         "tests/test_observability.py",
         "tests/observability.py",
         "docs/observability.md",
     ],
     "auth": [
-        "src/{pkg}/auth.py",
-        "src/{pkg}/create_superuser.py",
-        "src/{pkg}/routers/auth.py",
+        "src/{pkg}/features/auth/security.py",
+        "src/{pkg}/features/auth/create_superuser.py",
+        "src/{pkg}/features/auth/routes.py",
+        "src/{pkg}/features/auth/models.py",
+        "src/{pkg}/features/auth/settings.py",
         "tests/auth.py",
         "tests/test_access.py",
         "tests/test_auth.py",
@@ -121,7 +127,8 @@ COMMON_FILES = [
     "src/{pkg}/db.py",
     "src/{pkg}/deps.py",
     "src/{pkg}/errors.py",
-    "src/{pkg}/features.py",
+    "src/{pkg}/features/__init__.py",
+    "src/{pkg}/features/registry.py",
     "src/{pkg}/idempotency.py",
     "src/{pkg}/logs.py",
     "src/{pkg}/middleware.py",
@@ -130,6 +137,7 @@ COMMON_FILES = [
     "src/{pkg}/pagination.py",
     "src/{pkg}/schemas.py",
     "src/{pkg}/settings.py",
+    "src/{pkg}/settings_base.py",
     "src/{pkg}/state.py",
     "src/{pkg}/routers/health.py",
     "src/{pkg}/routers/items.py",
@@ -163,17 +171,21 @@ LEFTOVER_JINJA = re.compile(r"(?<!\$)\{\{|\{%|%\}|\{#|#\}")
 
 # Files of the Redis queue; none of them without it.
 QUEUE_FILES = [
-    "src/{pkg}/queue.py",
-    "src/{pkg}/worker.py",
+    "src/{pkg}/features/jobs/queue.py",
+    "src/{pkg}/features/jobs/worker.py",
     "tests/test_queue.py",
     "deploy/k8s/worker-deployment.yaml",
 ]
 # The in-process runner: rendered with background tasks unless the Redis queue runs them.
-INPROCESS_FILES = ["src/{pkg}/runner.py", "tests/test_runner.py"]
+INPROCESS_FILES = ["src/{pkg}/features/jobs/runner.py", "tests/test_runner.py"]
 QUEUE_TRACES = ["taskiq", "redis", "queue_name", "worker.py"]
 # Uploads on S3 (upload_storage=s3) or on local disk: each without the other's files and words.
-S3_FILES = ["src/{pkg}/storage_s3.py", "tests/buckets.py", "tests/test_uploads_s3.py"]
-LOCAL_STORAGE_FILES = ["src/{pkg}/storage_local.py"]
+S3_FILES = [
+    "src/{pkg}/features/uploads/storage_s3.py",
+    "tests/buckets.py",
+    "tests/test_uploads_s3.py",
+]
+LOCAL_STORAGE_FILES = ["src/{pkg}/features/uploads/storage_local.py"]
 S3_TRACES = ["aiobotocore", "s3_", "seaweedfs", "buckets.py"]
 LOCAL_STORAGE_TRACES = ["aiofiles", "upload_dir", "UPLOAD_DIR"]
 
@@ -451,10 +463,11 @@ SUPERUSER = {"username": "root@example.com", "password": "a-long-root-password"}
 
 
 def create_superuser(project: Path, package: str, env: dict[str, str]) -> None:
-    """``python -m <package>.create_superuser`` with ``SUPERUSER``'s e-mail and password."""
+    """``python -m <package>.features.auth.create_superuser`` with ``SUPERUSER``'s e-mail
+    and password."""
     prefix = package.upper()
     run(
-        uv("run", "--no-sync", "python", "-m", f"{package}.create_superuser"),
+        uv("run", "--no-sync", "python", "-m", f"{package}.features.auth.create_superuser"),
         project,
         env={
             **env,

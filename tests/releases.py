@@ -162,12 +162,17 @@ def tagged_clone(
     """
     git("clone", "--quiet", str(src), str(dst), cwd=dst.parent)
     pending = git("ls-files", "--cached", "--others", "--exclude-standard", "-z", cwd=src)
-    for name in filter(None, pending.split("\0")):
+    names = set(filter(None, pending.split("\0")))
+    for name in names:
         source = (work_tree or src) / name
         if source.is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dst / name)
         elif not source.exists() and (dst / name).exists():
+            (dst / name).unlink()
+    # Files of the last commit that the work tree no longer has (removed or moved with git).
+    for name in filter(None, git("ls-files", "-z", cwd=dst).split("\0")):
+        if name not in names:
             (dst / name).unlink()
     git("add", "-A", cwd=dst)
     if git("status", "--porcelain", cwd=dst):

@@ -59,7 +59,7 @@ class Worker:
         self.name, self.log = name, logs / f"{name}.log"
         python = project / ".venv/bin/python"
         package = next(iter(p.name for p in (project / "src").iterdir()))
-        cmd = [python, "-m", f"{package}.worker", "--concurrency", "2"]
+        cmd = [python, "-m", f"{package}.features.jobs.worker", "--concurrency", "2"]
         self.process = start(cmd, env, cwd=project, log=self.log)
         self.killed_at: datetime | None = None
 

@@ -100,18 +100,22 @@ class Rendered:
         return self.combo.database == "sqlite" or local_uploads
 
 
-def settings_fields(settings_py: Path) -> tuple[str, frozenset[str]]:
-    """The env prefix and the field names of the rendered ``Settings`` class."""
-    tree = ast.parse(settings_py.read_text())
-    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
+def settings_fields(package: Path) -> tuple[str, frozenset[str]]:
+    """The env prefix and the field names of the rendered ``Settings``: its own, its base's
+    (settings_base.py) and each feature's mixin (features/<name>/settings.py)."""
+    modules = [package / "settings.py", package / "settings_base.py"]
+    modules += sorted(package.glob("features/*/settings.py"))
     fields = {
         n.target.id
+        for module in modules
+        for cls in ast.parse(module.read_text()).body
+        if isinstance(cls, ast.ClassDef)
         for n in cls.body
         if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
     }
     fields.discard("model_config")
-    match = re.search(r'env_prefix="([A-Z0-9_]+)"', settings_py.read_text())
-    assert match, "no env_prefix in settings.py"
+    match = re.search(r'env_prefix="([A-Z0-9_]+)"', (package / "settings_base.py").read_text())
+    assert match, "no env_prefix in settings_base.py"
     return match.group(1), frozenset(fields)
 
 
@@ -156,7 +160,7 @@ def cpu_cores(quantity: str) -> float:
 def project(request: pytest.FixtureRequest, renders: Renders) -> Rendered:
     combo: Combo = request.param
     root = renders.get(combo)
-    prefix, fields = settings_fields(root / f"src/{combo.package}/settings.py")
+    prefix, fields = settings_fields(root / f"src/{combo.package}")
     manifests = {
         p.name: [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
         for p in sorted((root / K8S).iterdir())
@@ -436,8 +440,8 @@ def test_worker_runs_the_queue(project: Rendered) -> None:
     spec = pod_spec(workers[0])
     (container,) = spec["containers"]
     command = container["command"]
-    assert command[:3] == ["python", "-m", f"{project.combo.package}.worker"]
-    assert (project.root / f"src/{project.combo.package}/worker.py").is_file()
+    assert command[:3] == ["python", "-m", f"{project.combo.package}.features.jobs.worker"]
+    assert (project.root / f"src/{project.combo.package}/features/jobs/worker.py").is_file()
     assert command[3:] == []  # one process; JOB_CONCURRENCY jobs at a time
     # On SIGTERM running jobs get the grace period, then are given back before the kill.
     grace = float(project.config[f"{project.prefix}JOBS_SHUTDOWN_GRACE_SECONDS"])

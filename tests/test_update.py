@@ -297,7 +297,7 @@ def test_auth_turned_on_and_off_again(
         assert answers(project)["features"] == features
         fresh = render(tmp_path / f"fresh-{state}", {**ANSWERS, "features": features})
         assert_equals_fresh_render(project, fresh, set(EDITED_FILES))
-        assert (project / f"src/{PKG}/auth.py").exists() == (state == "on")
+        assert (project / f"src/{PKG}/features/auth/security.py").exists() == (state == "on")
         assert "PASSED tests/test_greetings.py::test_greet" in installed_suite(
             project, renders, timings
         )
@@ -384,7 +384,8 @@ def test_auth_turned_on_keeps_earlier_rows_for_superusers(
         "ACME_ORDERS_FIRST_SUPERUSER_EMAIL": "root@acme.test",
         "ACME_ORDERS_FIRST_SUPERUSER_PASSWORD": "root-password-long-enough",
     }
-    harness.run(uv("run", "python", "-m", f"{PKG}.create_superuser"), project, env=superuser)
+    command = uv("run", "python", "-m", f"{PKG}.features.auth.create_superuser")
+    harness.run(command, project, env=superuser)
     script = SEEN_AFTER_AUTH.format(pkg=PKG)
     ids["upload"] = str(uuid.UUID(ids["upload"]))
     ids["job"] = str(uuid.UUID(ids["job"]))

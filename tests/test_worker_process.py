@@ -32,7 +32,7 @@ def test_api_and_worker_processes_run_a_job(renders: Renders, tmp_path: Path) ->
     python = project / ".venv/bin/python"
     worker_log = tmp_path / "worker.log"
     worker = start(
-        [python, "-m", f"{combo.package}.worker", "--concurrency", "1"],
+        [python, "-m", f"{combo.package}.features.jobs.worker", "--concurrency", "1"],
         {**env, f"{prefix}_LOG_LEVEL": "info"},
         cwd=project,
         log=worker_log,

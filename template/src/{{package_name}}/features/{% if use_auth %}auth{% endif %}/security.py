@@ -32,13 +32,14 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from . import owners
-from .db import ReadSession, get_read_sessionmaker, get_request_slots
-from .deps import SettingsDep
-from .models import Owned, User
-from .schemas import INT32_MAX, ErrorBody
-from .settings import Settings
-from .state import AppResource
+from ... import owners
+from ...db import ReadSession, get_read_sessionmaker, get_request_slots
+from ...deps import SettingsDep
+from ...models import Owned
+from ...schemas import INT32_MAX, ErrorBody
+from ...settings import Settings
+from ...state import AppResource
+from .models import User
 
 SIGN_IN_PATH = "/auth/token"
 ALGORITHM = "HS256"
@@ -311,7 +312,7 @@ class SignInLimits:
 
 @dataclass
 class SignIn:
-    """What the sign-in route keeps for the app's lifetime (``routers/auth.py``'s lifespan).
+    """What the sign-in route keeps for the app's lifetime (``routes.py``'s lifespan).
 
     Only failures count, so no one can lock an owner out by failing in their name: see
     ``seconds_to_wait``.

@@ -1,4 +1,4 @@
-"""Create the first superuser: ``python -m <package>.create_superuser``.
+"""Create the first superuser: ``python -m <package>.features.auth.create_superuser``.
 
 Reads ``FIRST_SUPERUSER_EMAIL`` and ``FIRST_SUPERUSER_PASSWORD`` (with the settings' prefix,
 from the environment or ``.env``). Run it once after the first migration; running it again
@@ -14,11 +14,11 @@ import sys
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from .auth import hash_password, is_email, normalize_email, password_problem
-from .db import Database
-from .logs import configure_logging
+from ...db import Database
+from ...logs import configure_logging
+from ...settings import Settings
 from .models import User
-from .settings import Settings
+from .security import hash_password, is_email, normalize_email, password_problem
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 ``GET /users/me``, a user's own password and sessions (``PUT /users/me/password``,
 ``POST /users/me/sign-out-everywhere``), and user administration for superusers.
 
-See ``auth.py`` for hashing, tokens and the ``CurrentUser``/``CurrentSuperuser``
+See ``security.py`` for hashing, tokens and the ``CurrentUser``/``CurrentSuperuser``
 dependencies, and "Users and tokens" in docs/auth.md.
 """
 
@@ -18,7 +18,13 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..auth import (
+from ...db import Database, ReadSession, get_read_sessionmaker
+from ...deps import GUARD, Guard, SessionDep, SessionmakerDep, SettingsDep, include
+from ...pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
+from ...schemas import BODY_ERRORS, INT32_MAX, ErrorBody, error_responses
+from ...settings import Settings
+from .models import User
+from .security import (
     BEARER_CHALLENGE,
     EMAIL_PATTERN,
     FORBIDDEN,
@@ -39,12 +45,6 @@ from ..auth import (
     signed_in,
     verify_password,
 )
-from ..db import Database, ReadSession, get_read_sessionmaker
-from ..deps import GUARD, Guard, SessionDep, SessionmakerDep, SettingsDep, include
-from ..models import User
-from ..pagination import DEFAULT_PAGE_SIZE, Cursor, PageSize, decode_cursor, page
-from ..schemas import BODY_ERRORS, INT32_MAX, ErrorBody, error_responses
-from ..settings import Settings
 
 router = APIRouter(tags=["auth"])
 # Sign-in is the one public route (a request without a token must be able to get one).

@@ -1,9 +1,9 @@
 """``GET /metrics`` for Prometheus, and the lifespan that sets up metrics and traces.
 
 The route is left out of the OpenAPI document and of the access log (a scrape every few
-seconds would drown the lines that matter). See ``observability.py`` for what is measured;
+seconds would drown the lines that matter). See ``telemetry.py`` for what is measured;
 another feature adds its own figures and spans in a module rendered with both
-(``routers/metrics_<feature>.py``).
+(``with_<feature>.py`` in this folder).
 """
 
 import asyncio
@@ -21,10 +21,11 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ..db import Database
-from ..deps import ReadSessionDep, include
-from ..middleware import skip_access_log
-from ..observability import (
+from ...db import Database
+from ...deps import ReadSessionDep, include
+from ...middleware import skip_access_log
+from ...settings import Settings
+from .telemetry import (
     SCRAPE_HOOKS,
     TRACER_PROVIDER,
     MetricsMiddleware,
@@ -33,7 +34,6 @@ from ..observability import (
     trace_sql,
     watch_pool,
 )
-from ..settings import Settings
 
 router = APIRouter(tags=["observability"])
 

@@ -1,6 +1,6 @@
 """Metrics (Prometheus) and traces (OpenTelemetry) of the app.
 
-Metrics, served at ``/metrics`` (``routers/metrics.py``), in prometheus-client's default
+Metrics, served at ``/metrics`` (``routes.py``), in prometheus-client's default
 registry (a metric you define yourself appears there too):
 
 - ``http_request_duration_seconds{method, route, status}``: a histogram per route template
@@ -16,8 +16,8 @@ worker's figures are served together (docs/observability.md).
 
 Traces are on when ``OTLP_ENDPOINT`` is set: FastAPI's own telemetry makes a server span per
 request (named by its route) and spans for dependencies, the endpoint and serialization;
-``trace_sql`` adds a span per SQL statement, and ``routers/metrics.py`` a client span per
-outbound call of the app's HTTP client, if it has one. Every span carries the request id of
+``trace_sql`` adds a span per SQL statement, and the app's HTTP client, if it has one, a
+client span per outbound call. Every span carries the request id of
 the access log (``request_id``). Spans go to the collector in batches, from a thread of
 their own. Unset, no provider is installed: nothing is recorded, no thread runs, nothing is
 sent, and the exporter is not even imported.
@@ -40,8 +40,8 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .settings import Settings
-from .state import AppResource
+from ...settings import Settings
+from ...state import AppResource
 
 REQUEST_ID_ATTRIBUTE = "request_id"  # the access log's field name, on every span
 UNMATCHED = "unmatched"  # the route label of a path no route takes (no label per raw path)

@@ -14,8 +14,8 @@ from typing import Annotated
 import httpx2
 from fastapi import Depends, Request
 
-from .settings import Settings
-from .state import AppResource
+from ...settings import Settings
+from ...state import AppResource
 
 HTTP_CLIENT = AppResource("http_client", httpx2.AsyncClient)
 

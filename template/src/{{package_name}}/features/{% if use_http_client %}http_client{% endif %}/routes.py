@@ -12,11 +12,11 @@ import httpx2
 from fastapi import APIRouter, FastAPI, HTTPException, Path, status
 from pydantic import BaseModel
 
-from ..db import Database
-from ..deps import include
-from ..http import HTTP_CLIENT, HttpClientDep, create_http_client
-from ..schemas import error_responses
-from ..settings import Settings
+from ...db import Database
+from ...deps import include
+from ...schemas import error_responses
+from ...settings import Settings
+from .client import HTTP_CLIENT, HttpClientDep, create_http_client
 
 router = APIRouter(prefix="/upstream", tags=["upstream"])
 
@@ -30,7 +30,7 @@ class UpstreamResult(BaseModel):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI, settings: Settings, database: Database) -> AsyncIterator[None]:
-    """The shared client, open for the app's lifetime (see ``features.py``)."""
+    """The shared client, open for the app's lifetime (see ``features/registry.py``)."""
     async with create_http_client(settings) as client:
         HTTP_CLIENT.put(app, client)
         yield

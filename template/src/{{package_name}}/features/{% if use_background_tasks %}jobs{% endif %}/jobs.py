@@ -39,10 +39,10 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .logs import log_context
-from .models import Base, Owned, TimestampMixin, UTCDateTime, utcnow
-from .settings import Settings
-from .state import AppResource
+from ...logs import log_context
+from ...models import Base, Owned, TimestampMixin, UTCDateTime, utcnow
+from ...settings import Settings
+from ...state import AppResource
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .models import Base, Owned, TimestampMixin
-from .state import AppResource
+from ...models import Base, Owned, TimestampMixin
+from ...state import AppResource
 
 Write = Callable[[bytes], Awaitable[object]]
 

@@ -1,0 +1,2 @@
+"""Background jobs: the jobs table is the queue, and runners claim jobs with leases
+(docs/jobs.md)."""

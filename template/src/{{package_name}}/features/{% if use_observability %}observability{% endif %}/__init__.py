@@ -1,0 +1,1 @@
+"""Metrics at /metrics and traces to an OpenTelemetry collector (docs/observability.md)."""

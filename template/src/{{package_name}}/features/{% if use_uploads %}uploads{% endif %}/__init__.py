@@ -1,0 +1,1 @@
+"""Uploads streamed to storage in bounded memory, and their downloads (docs/uploads.md)."""
