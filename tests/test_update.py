@@ -566,15 +566,6 @@ def resolve(text: str, side: str) -> str:
     return pattern.sub(lambda match: match.group(1 if side == "ours" else 2), text)
 
 
-def assert_rendered_files_not_ignored(project: Path, fresh: Path) -> None:
-    """Every file the template renders (but .env) is one ``git add -A`` commits."""
-    git("add", "-A", cwd=project)
-    listed = git("ls-files", "--others", "--ignored", "--exclude-standard", "-z", cwd=project)
-    ignored = set(filter(None, listed.split("\0")))
-    rendered = {str(p.relative_to(fresh)) for p in rendered_files(fresh)} - {".env"}
-    assert sorted(ignored & rendered) == [], "rendered files that .gitignore leaves out"
-
-
 @pytest.mark.parametrize("version", [str(r.version) for r in before_the_move()])
 def test_update_across_the_move_carries_edits_to_the_new_paths(
     moving_template: tuple[Path, list[Release]],
@@ -609,7 +600,20 @@ def test_update_across_the_move_carries_edits_to_the_new_paths(
     edited = {src(new) for _, new, _, _ in MOVE_EDITS}
     assert_equals_fresh_render(project, fresh, edited | {".env"})
     assert not git("ls-files", "--unmerged", cwd=project)
-    assert_rendered_files_not_ignored(project, fresh)
+
+
+def test_git_add_commits_every_rendered_file(tmp_path: Path) -> None:
+    """After an update (or ``git init`` of a new project), ``git add -A`` takes every file the
+    template renders but .env: the project's .gitignore leaves out local state only (a
+    pattern such as ``uploads/`` for the upload directory would also match
+    ``src/<pkg>/features/uploads/``, and the feature's package would never be committed)."""
+    project = render(tmp_path / "project", {**ANSWERS, "features": ALL_FEATURES})
+    git("init", "-q", cwd=project)
+    git("add", "-A", cwd=project)
+    listed = git("ls-files", "--others", "--ignored", "--exclude-standard", "-z", cwd=project)
+    ignored = set(filter(None, listed.split("\0")))
+    rendered = {str(p.relative_to(project)) for p in rendered_files(project)}
+    assert sorted(ignored & rendered) == [".env"], "rendered files that .gitignore leaves out"
 
 
 def test_update_across_the_move_edit_on_a_changed_line_conflicts(
