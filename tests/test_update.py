@@ -602,6 +602,30 @@ def test_update_across_the_move_carries_edits_to_the_new_paths(
     assert not git("ls-files", "--unmerged", cwd=project)
 
 
+def test_moves_are_what_the_template_moved(
+    template: tuple[Path, list[Release]], tmp_path: Path
+) -> None:
+    """The migration's table against the template: with every feature on (both job queues,
+    both upload storages), each old path is a module of the last release before the move and
+    not of HEAD, each new path one of HEAD, and every module of that release that HEAD no
+    longer has is in the table (a move the migration does not know would lose edits)."""
+    repo, found = template
+    release = next(r for r in found if r.version == before_the_move()[-1].version)
+    old_modules: set[str] = set()
+    new_modules: set[str] = set()
+    for options in ({"task_queue": "redis", "upload_storage": "s3"}, {}):
+        data = {**ANSWERS, "features": ALL_FEATURES, **options}
+        name = "-".join(options.values()) or "defaults"
+        for modules, ref in ((old_modules, release.tag), (new_modules, "HEAD")):
+            dst = render(tmp_path / f"{ref}-{name}", data, src=repo, vcs_ref=ref)
+            package = dst / src("")
+            modules.update(str(p.relative_to(package)) for p in package.rglob("*.py"))
+    table = dict(MOVES)
+    assert set(table) <= old_modules, "old paths the last release did not render"
+    assert set(table.values()) <= new_modules, "new paths HEAD does not render"
+    assert sorted(old_modules - new_modules) == sorted(table), "modules gone, not in MOVES"
+
+
 def test_git_add_commits_every_rendered_file(tmp_path: Path) -> None:
     """After an update (or ``git init`` of a new project), ``git add -A`` takes every file the
     template renders but .env: the project's .gitignore leaves out local state only (a
