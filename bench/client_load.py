@@ -4,10 +4,11 @@
                                                            [--warmup 3]
 
 Run with a rendered project's Python and settings in the environment: builds the client
-exactly as the app does (``PACKAGE.http.create_http_client(Settings())``) on uvloop, as
-uvicorn runs the app, and keeps ``--concurrency`` tasks calling ``GET /things`` on the
-upstream for ``--duration`` seconds (after ``--warmup`` seconds, discarded). Prints
-one JSON line: requests per second, the process's CPU milliseconds per request, errors.
+exactly as the app does (``create_http_client(Settings())`` of
+``PACKAGE.features.http_client.client``) on uvloop, as uvicorn runs the app, and keeps
+``--concurrency`` tasks calling ``GET /things`` on the upstream for ``--duration`` seconds
+(after ``--warmup`` seconds, discarded). Prints one JSON line: requests per second, the
+process's CPU milliseconds per request, errors.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ async def hammer(client: Any, path: str, concurrency: int, seconds: float) -> tu
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    http = importlib.import_module(f"{args.package}.http")
+    try:
+        http = importlib.import_module(f"{args.package}.features.http_client.client")
+    except ImportError:  # before 0.9.0
+        http = importlib.import_module(f"{args.package}.http")
     settings = importlib.import_module(f"{args.package}.settings").Settings()
     async with http.create_http_client(settings) as client:
         await hammer(client, args.path, args.concurrency, args.warmup)
